@@ -1,0 +1,17 @@
+"""Application models in the style of `keras.applications`."""
+
+from keras_coordatt.applications import mobilenet_v2_ca
+from keras_coordatt.applications import mobilenext_ca
+from keras_coordatt.applications.imagenet_utils import decode_predictions
+from keras_coordatt.applications.imagenet_utils import preprocess_input
+from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
+from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
+
+__all__ = [
+    "MobileNetV2CA",
+    "MobileNeXtCA",
+    "decode_predictions",
+    "mobilenet_v2_ca",
+    "mobilenext_ca",
+    "preprocess_input",
+]

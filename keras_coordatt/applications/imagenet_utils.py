@@ -1,0 +1,363 @@
+"""What the application constructors share: input checks, heads, ImageNet I/O.
+
+The checks mirror `keras.applications` (same arguments, same errors, same
+warnings), so a model here behaves like `keras.applications.MobileNetV2`.
+"""
+
+import json
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from keras_coordatt.layers import CoordinateAttention
+
+# The preprocessing the authors' PyTorch weights expect (torchvision's).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Square sizes that select a default input size, as in keras.applications.
+DEFAULT_SIZES = (96, 128, 160, 192, 224)
+_CLASS_INDEX_PATH = os.path.join(
+    os.path.dirname(__file__), "imagenet_class_index.json"
+)
+_CLASS_INDEX = None
+
+
+def make_divisible(value, divisor=8, min_value=None):
+    """Rounds a channel count to a multiple of `divisor` (at most -10 %)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def preprocess_input(x, data_format=None):
+    """Preprocesses a batch of RGB images in [0, 255] for these models.
+
+    The authors' weights expect torchvision's normalisation: scale to [0, 1],
+    subtract the ImageNet mean (0.485, 0.456, 0.406) and divide by the
+    standard deviation (0.229, 0.224, 0.225), per channel ("torch" mode of
+    `keras.applications.imagenet_utils.preprocess_input`).
+
+    Args:
+        x: float numpy array or tensor of shape `(..., H, W, 3)` (or
+            `(..., 3, H, W)` for channels_first), RGB values in [0, 255].
+        data_format: image data format; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        The preprocessed batch, float32, same shape.
+    """
+    if isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.floating):
+        x = x.astype("float32")
+    return keras.applications.imagenet_utils.preprocess_input(
+        x, data_format=data_format, mode="torch"
+    )
+
+
+def _class_index():
+    global _CLASS_INDEX
+    if _CLASS_INDEX is None:
+        with open(_CLASS_INDEX_PATH, encoding="utf-8") as f:
+            _CLASS_INDEX = json.load(f)
+    return _CLASS_INDEX
+
+
+def decode_predictions(preds, top=5):
+    """Decodes ImageNet predictions into `(class_id, name, score)` tuples.
+
+    Works offline: the 1000-class index ships with the package.
+
+    Args:
+        preds: array of shape `(batch, 1000)` (probabilities or logits).
+        top: how many of the best classes to return per sample.
+
+    Returns:
+        A list (one per sample) of lists of `(wnid, name, score)` tuples,
+        best first.
+    """
+    preds = keras.ops.convert_to_numpy(preds)
+    if preds.ndim != 2 or preds.shape[1] != 1000:
+        raise ValueError(
+            "`decode_predictions` expects a batch of predictions, a 2D array "
+            f"of shape (samples, 1000). Received: preds.shape={preds.shape}"
+        )
+    index = _class_index()
+    results = []
+    for row in preds:
+        best = np.argsort(row)[-top:][::-1]
+        results.append(
+            [(*index[str(i)], float(row[i])) for i in best]
+        )
+    return results
+
+
+def validate_weights(weights, include_top, classes, published=True):
+    """The `weights`/`classes` checks of keras.applications."""
+    if weights == "imagenet" and not published:
+        raise ValueError(
+            "No ImageNet weights were published for this network (the "
+            "authors released weights for MobileNetV2 + CA only). Use "
+            "`weights=None` or a path to a weights file. "
+            f"Received: weights={weights!r}"
+        )
+    if not (weights in {"imagenet", None} or _is_file(weights)):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random "
+            "initialization), `imagenet` (pre-training on ImageNet), or the "
+            "path to the weights file to be loaded (.weights.h5, .keras, "
+            f".pth or .pt). Received: weights={weights!r}"
+        )
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            'If using `weights="imagenet"` with `include_top` as true, '
+            f"`classes` should be 1000. Received: classes={classes}"
+        )
+
+
+def _is_file(path):
+    return isinstance(path, (str, os.PathLike)) and os.path.isfile(path)
+
+
+def _spatial(shape, data_format):
+    return (shape[1], shape[2]) if data_format == "channels_first" else (
+        shape[0],
+        shape[1],
+    )
+
+
+def _default_size(input_shape, input_tensor, data_format):
+    if input_shape is None and input_tensor is not None:
+        rows, cols = _spatial(tuple(input_tensor.shape)[1:], data_format)
+    elif input_shape is not None:
+        rows, cols = _spatial(tuple(input_shape), data_format)
+    else:
+        return 224
+    return rows if rows == cols and rows in DEFAULT_SIZES else 224
+
+
+def _obtain_input_shape(
+    input_shape, default_size, min_size, data_format, include_top, weights
+):
+    channels_first = data_format == "channels_first"
+    if weights != "imagenet" and input_shape and len(input_shape) == 3:
+        channels = input_shape[0] if channels_first else input_shape[-1]
+        if channels not in {1, 3}:
+            warnings.warn(
+                "This model usually expects 1 or 3 input channels. However, "
+                f"it was passed an input_shape with {channels} input channels.",
+                stacklevel=3,
+            )
+        default_shape = (
+            (channels, default_size, default_size)
+            if channels_first
+            else (default_size, default_size, channels)
+        )
+    else:
+        default_shape = (
+            (3, default_size, default_size)
+            if channels_first
+            else (default_size, default_size, 3)
+        )
+    if weights == "imagenet" and include_top:
+        if input_shape is not None and tuple(input_shape) != default_shape:
+            raise ValueError(
+                "When setting `include_top=True` and loading `imagenet` "
+                f"weights, `input_shape` should be {default_shape}. "
+                f"Received: input_shape={input_shape}"
+            )
+        return default_shape
+    if input_shape:
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(
+                "`input_shape` must be a tuple of three integers. "
+                f"Received: input_shape={input_shape}"
+            )
+        channels = input_shape[0] if channels_first else input_shape[-1]
+        if channels != 3 and weights == "imagenet":
+            raise ValueError(
+                "The input must have 3 channels; "
+                f"Received: input_shape={input_shape}"
+            )
+        rows, cols = _spatial(input_shape, data_format)
+        if (rows is not None and rows < min_size) or (
+            cols is not None and cols < min_size
+        ):
+            raise ValueError(
+                f"Input size must be at least {min_size}x{min_size}; "
+                f"Received: input_shape={input_shape}"
+            )
+    elif include_top:
+        input_shape = default_shape
+    else:
+        input_shape = (3, None, None) if channels_first else (None, None, 3)
+    if include_top and None in input_shape:
+        raise ValueError(
+            "If `include_top` is True, you should specify a static "
+            f"`input_shape`. Received: input_shape={input_shape}"
+        )
+    return input_shape
+
+
+def application_input(input_shape, input_tensor, include_top, weights):
+    """Validates the input arguments and returns `(img_input, rows, cols)`.
+
+    Follows keras.applications: `input_shape` and `input_tensor` must agree,
+    `input_shape` defaults from `input_tensor`, the minimum size is 32x32, and
+    `include_top=True` needs a static shape.
+    """
+    data_format = keras.config.image_data_format()
+    if input_tensor is not None and not keras.backend.is_keras_tensor(
+        input_tensor
+    ):
+        if not hasattr(input_tensor, "shape"):
+            raise ValueError(
+                "`input_tensor` must be a Keras tensor or a tensor. "
+                f"Received: input_tensor={input_tensor!r} of type "
+                f"{type(input_tensor)}"
+            )
+    if input_shape is not None and input_tensor is not None:
+        tensor_shape = tuple(input_tensor.shape)[1:]
+        if len(tensor_shape) != len(tuple(input_shape)) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(tensor_shape, input_shape)
+        ):
+            raise ValueError(
+                "`input_shape` must match the shape of `input_tensor`. "
+                f"Received: input_tensor.shape={tuple(input_tensor.shape)}, "
+                f"input_shape={tuple(input_shape)}"
+            )
+    default_size = _default_size(input_shape, input_tensor, data_format)
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape)[1:]
+    input_shape = _obtain_input_shape(
+        input_shape,
+        default_size=default_size,
+        min_size=32,
+        data_format=data_format,
+        include_top=include_top,
+        weights=weights,
+    )
+    rows, cols = _spatial(input_shape, data_format)
+    if input_tensor is None:
+        img_input = keras.layers.Input(shape=input_shape)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
+    else:
+        img_input = input_tensor
+    return img_input, rows, cols
+
+
+def warn_if_unusual_size(rows, cols):
+    """The keras.applications warning for sizes without published weights."""
+    if rows != cols or rows not in DEFAULT_SIZES:
+        warnings.warn(
+            "`input_shape` is undefined or non-square, or `rows` is not in "
+            f"{list(DEFAULT_SIZES)}. Weights for input shape (224, 224) will "
+            "be loaded as the default.",
+            stacklevel=3,
+        )
+
+
+def validate_classifier_activation(classifier_activation, weights):
+    """Only `None` and `softmax` go with pretrained weights."""
+    if weights is None:
+        return
+    activation = keras.activations.get(classifier_activation)
+    if activation not in {
+        keras.activations.get("softmax"),
+        keras.activations.get(None),
+    }:
+        raise ValueError(
+            "Only `None` and `softmax` activations are allowed for the "
+            "`classifier_activation` argument when using pretrained weights, "
+            "with `include_top=True`; "
+            f"Received: classifier_activation={classifier_activation}"
+        )
+
+
+def validate_pooling(pooling):
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(
+            "`pooling` must be one of None, 'avg' or 'max'. "
+            f"Received: pooling={pooling!r}"
+        )
+
+
+def validate_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or (
+        alpha <= 0
+    ):
+        raise ValueError(
+            f"`alpha` must be a positive number. Received: alpha={alpha!r}"
+        )
+
+
+def head(
+    x, include_top, pooling, classes, classifier_activation, weights, dropout
+):
+    """Global pooling + dropout + classifier, or the optional pooling."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+        validate_classifier_activation(classifier_activation, weights)
+        return keras.layers.Dense(
+            classes, activation=classifier_activation, name="predictions"
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def model_inputs(img_input, input_tensor):
+    """The model's inputs, following `input_tensor` to its sources."""
+    if input_tensor is None:
+        return img_input
+    return keras.utils.get_source_inputs(input_tensor)
+
+
+def conv_bn(x, filters, kernel_size, strides, name, bn_name, relu_name=None,
+            depthwise=False):
+    """Conv (no bias, symmetric padding) + BN (eps 1e-5) [+ ReLU6].
+
+    3x3 convolutions pad one pixel on every side, as PyTorch's `padding=1`:
+    TF's "same" padding at stride 2 would pad (0, 1) and shift the features.
+    """
+    channel_axis = 1 if keras.config.image_data_format() == "channels_first" \
+        else -1
+    if kernel_size > 1 and strides > 1:
+        pad = kernel_size // 2
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    if depthwise:
+        x = keras.layers.DepthwiseConv2D(
+            kernel_size, strides=strides, padding=padding, use_bias=False,
+            name=name,
+        )(x)
+    else:
+        x = keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, padding=padding,
+            use_bias=False, name=name,
+        )(x)
+    x = keras.layers.BatchNormalization(
+        axis=channel_axis, momentum=0.9, epsilon=1e-5, name=bn_name
+    )(x)
+    if relu_name:
+        x = keras.layers.ReLU(6.0, name=relu_name)(x)
+    return x
+
+
+def coordinate_attention(x, reduction, name):
+    return CoordinateAttention(reduction=reduction, name=name)(x)
+
+
+def channels(x):
+    axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+    return x.shape[axis]

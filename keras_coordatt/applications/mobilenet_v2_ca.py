@@ -1,0 +1,164 @@
+"""MobileNetV2 with coordinate attention (the network of `mbv2_ca.pth`)."""
+
+import keras
+
+from keras_coordatt.applications import imagenet_utils as utils
+from keras_coordatt.weights import load_weights
+
+# (expansion t, channels c, repeats n, first stride s), as in the paper.
+STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+PUBLISHED_ALPHAS = (1.0,)
+
+
+def _inverted_res_block(x, expansion, filters, stride, block_id, attention,
+                        reduction):
+    in_channels = utils.channels(x)
+    inputs = x
+    if expansion == 1:
+        prefix = "expanded_conv_"
+    else:
+        prefix = f"block_{block_id}_"
+        x = utils.conv_bn(
+            x, int(round(in_channels * expansion)), 1, 1, f"{prefix}expand",
+            f"{prefix}expand_BN", f"{prefix}expand_relu",
+        )
+    x = utils.conv_bn(
+        x, None, 3, stride, f"{prefix}depthwise", f"{prefix}depthwise_BN",
+        f"{prefix}depthwise_relu", depthwise=True,
+    )
+    if expansion != 1 and attention:
+        x = utils.coordinate_attention(x, reduction, f"{prefix}ca")
+    x = utils.conv_bn(
+        x, filters, 1, 1, f"{prefix}project", f"{prefix}project_BN"
+    )
+    if stride == 1 and in_channels == filters:
+        x = keras.layers.Add(name=f"{prefix}add")([inputs, x])
+    return x
+
+
+def MobileNetV2CA(
+    input_shape=None,
+    alpha=1.0,
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+    reduction=32,
+    attention=True,
+):
+    """Instantiates MobileNetV2 with coordinate attention.
+
+    The network of the coordinate attention paper: MobileNetV2 whose inverted
+    residual blocks with expansion > 1 apply `CoordinateAttention` between
+    the depthwise convolution and the projection. Layout, padding (symmetric,
+    as in PyTorch) and BatchNorm settings (epsilon 1e-5) follow the authors'
+    release, so their ImageNet checkpoint loads with identical outputs.
+
+    The arguments, checks and conventions are those of
+    `keras.applications.MobileNetV2`. Inputs are RGB images preprocessed with
+    `keras_coordatt.applications.mobilenet_v2_ca.preprocess_input` (torch
+    mode: [0, 1], ImageNet mean and standard deviation).
+
+    Args:
+        input_shape: optional shape tuple, `(224, 224, 3)` by default with
+            `include_top`; at least 32x32. H and W may be `None` without the
+            top.
+        alpha: width multiplier; channel counts become
+            `make_divisible(c * alpha, 8)`. Published weights: 1.0 only.
+        include_top: whether to include the 1280-channel head's classifier
+            (global average pooling, dropout 0.1, dense layer).
+        weights: `None` (random initialization), `"imagenet"` (the authors'
+            checkpoint, 74.3 % top-1) or the path to a weights file
+            (`.weights.h5`, `.keras`, or the authors' `.pth`/`.pt` layout).
+        input_tensor: optional Keras tensor to use as the image input.
+        pooling: `None`, `"avg"` or `"max"`: pooling of the last feature map
+            when `include_top` is False.
+        classes: number of classes, with `include_top` and no `weights` only.
+        classifier_activation: activation of the top layer (`None` for
+            logits); only `None` or `"softmax"` with pretrained weights.
+        name: model name; defaults to `mobilenetv2_ca_{alpha:0.2f}_{rows}`.
+        reduction: reduction ratio of the attention blocks (32 in the paper).
+        attention: whether to insert the attention blocks (False gives plain
+            MobileNetV2 with the same padding and layer names).
+
+    Returns:
+        A `keras.Model`.
+
+    Reference:
+    - [Coordinate Attention for Efficient Mobile Network Design](
+        https://arxiv.org/abs/2103.02907) (CVPR 2021)
+    - [MobileNetV2: Inverted Residuals and Linear Bottlenecks](
+        https://arxiv.org/abs/1801.04381) (CVPR 2018)
+    """
+    utils.validate_weights(weights, include_top, classes)
+    utils.validate_alpha(alpha)
+    utils.validate_pooling(pooling)
+    img_input, rows, cols = utils.application_input(
+        input_shape, input_tensor, include_top, weights
+    )
+    if weights == "imagenet":
+        if alpha not in PUBLISHED_ALPHAS:
+            raise ValueError(
+                "If imagenet weights are being loaded, alpha must be `1.0` "
+                "(the only width the authors published); "
+                f"Received: alpha={alpha}"
+            )
+        if reduction != 32 or not attention:
+            raise ValueError(
+                "The imagenet weights need `reduction=32` and "
+                f"`attention=True`. Received: reduction={reduction}, "
+                f"attention={attention}"
+            )
+        utils.warn_if_unusual_size(rows, cols)
+
+    x = utils.conv_bn(
+        img_input, utils.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+        "bn_Conv1", "Conv1_relu",
+    )
+    block_id = 0
+    for expansion, c, repeats, first_stride in STAGES:
+        filters = utils.make_divisible(c * alpha, 8)
+        for i in range(repeats):
+            x = _inverted_res_block(
+                x, expansion, filters, first_stride if i == 0 else 1,
+                block_id, attention, reduction,
+            )
+            block_id += 1
+    last_filters = utils.make_divisible(1280 * alpha, 8) if alpha > 1.0 \
+        else 1280
+    x = utils.conv_bn(x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu")
+    x = utils.head(
+        x, include_top, pooling, classes, classifier_activation, weights,
+        dropout=0.1,
+    )
+    if name is None:
+        name = f"mobilenetv2_ca_{alpha:0.2f}_{rows}"
+    model = keras.Model(
+        utils.model_inputs(img_input, input_tensor), x, name=name
+    )
+    if weights is not None:
+        load_weights(model, weights, family="mobilenetv2_ca", alpha=alpha)
+    return model
+
+
+def preprocess_input(x, data_format=None):
+    return utils.preprocess_input(x, data_format=data_format)
+
+
+def decode_predictions(preds, top=5):
+    return utils.decode_predictions(preds, top=top)
+
+
+preprocess_input.__doc__ = utils.preprocess_input.__doc__
+decode_predictions.__doc__ = utils.decode_predictions.__doc__

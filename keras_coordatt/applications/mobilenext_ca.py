@@ -1,0 +1,161 @@
+"""MobileNeXt (sandglass blocks) with coordinate attention."""
+
+import math
+
+import keras
+
+from keras_coordatt.applications import imagenet_utils as utils
+from keras_coordatt.weights import load_weights
+
+# (reduction t, channels c, repeats n, first stride s), as in MobileNeXt.
+STAGES = (
+    (2, 96, 1, 2),
+    (6, 144, 1, 1),
+    (6, 192, 3, 2),
+    (6, 288, 3, 2),
+    (6, 384, 4, 1),
+    (6, 576, 4, 2),
+    (6, 960, 3, 1),
+    (6, 1280, 1, 1),
+)
+
+
+def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
+                     block_id, attention, reduction):
+    """One sandglass block; its shape depends on where it sits (see below).
+
+    - first block (t == 2), single-block stride-1 stages, and blocks with
+      cin == cout: dw3x3 + BN + ReLU6 [+ CA], 1x1 reduce + BN, 1x1 expand +
+      BN + ReLU6, dw3x3 (stride s) + BN; residual when cin == cout, stride 1.
+    - cin != cout, stride 1: 1x1 reduce + BN, 1x1 expand + BN + ReLU6.
+    - cin != cout, stride 2: the same, then dw3x3 stride 2 + BN.
+    """
+    in_channels = utils.channels(x)
+    hidden = in_channels // reduction_t
+    if hidden < filters / 6.0:
+        hidden = utils.make_divisible(math.ceil(filters / 6.0), 16)
+    prefix = f"block_{block_id}_"
+    full = reduction_t == 2 or single_block_stage or in_channels == filters
+    inputs = x
+    if full:
+        x = utils.conv_bn(
+            x, None, 3, 1, f"{prefix}dw1", f"{prefix}dw1_BN",
+            f"{prefix}dw1_relu", depthwise=True,
+        )
+        if attention:
+            x = utils.coordinate_attention(x, reduction, f"{prefix}ca")
+    x = utils.conv_bn(x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN")
+    x = utils.conv_bn(
+        x, filters, 1, 1, f"{prefix}expand", f"{prefix}expand_BN",
+        f"{prefix}expand_relu",
+    )
+    if full or stride == 2:
+        x = utils.conv_bn(
+            x, None, 3, stride, f"{prefix}dw2", f"{prefix}dw2_BN",
+            depthwise=True,
+        )
+    if stride == 1 and in_channels == filters:
+        x = keras.layers.Add(name=f"{prefix}add")([inputs, x])
+    return x
+
+
+def MobileNeXtCA(
+    input_shape=None,
+    alpha=1.0,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+    reduction=32,
+    attention=True,
+):
+    """Instantiates MobileNeXt with coordinate attention.
+
+    MobileNeXt replaces MobileNetV2's inverted residuals by sandglass blocks
+    (depthwise convolutions on the wide ends, the bottleneck in the middle).
+    `CoordinateAttention` goes right after the first depthwise convolution of
+    every block that starts with one, as the coordinate attention paper
+    prescribes. There is no final 1x1 convolution: global average pooling,
+    dropout 0.2 and the classifier follow the 1280-channel stage.
+
+    The arguments, checks and conventions are those of
+    `keras.applications.MobileNetV2`. No ImageNet weights were published for
+    this network, so `weights` defaults to `None` and `"imagenet"` raises.
+
+    Args:
+        input_shape: optional shape tuple, `(224, 224, 3)` by default with
+            `include_top`; at least 32x32.
+        alpha: width multiplier; channel counts become
+            `make_divisible(c * alpha, 8)` (the 1280 stage stays 1280 when
+            alpha < 1).
+        include_top: whether to include the classifier.
+        weights: `None` (random initialization) or the path to a weights file
+            (`.weights.h5` or `.keras`).
+        input_tensor: optional Keras tensor to use as the image input.
+        pooling: `None`, `"avg"` or `"max"`, when `include_top` is False.
+        classes: number of classes, with `include_top` only.
+        classifier_activation: activation of the top layer (`None` for
+            logits).
+        name: model name; defaults to `mobilenext_ca_{alpha:0.2f}_{rows}`.
+        reduction: reduction ratio of the attention blocks (32 in the paper).
+        attention: whether to insert the attention blocks (False gives plain
+            MobileNeXt, 3,535,416 trainable parameters at alpha 1.0).
+
+    Returns:
+        A `keras.Model`.
+
+    Reference:
+    - [Coordinate Attention for Efficient Mobile Network Design](
+        https://arxiv.org/abs/2103.02907) (CVPR 2021)
+    - [Rethinking Bottleneck Structure for Efficient Mobile Network Design](
+        https://arxiv.org/abs/2007.02269) (ECCV 2020)
+    """
+    utils.validate_weights(weights, include_top, classes, published=False)
+    utils.validate_alpha(alpha)
+    utils.validate_pooling(pooling)
+    img_input, rows, _ = utils.application_input(
+        input_shape, input_tensor, include_top, weights
+    )
+    x = utils.conv_bn(
+        img_input, utils.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+        "bn_Conv1", "Conv1_relu",
+    )
+    block_id = 0
+    for reduction_t, c, repeats, first_stride in STAGES:
+        if c == 1280 and alpha <= 1.0:
+            filters = 1280
+        else:
+            filters = utils.make_divisible(c * alpha, 8)
+        for i in range(repeats):
+            x = _sandglass_block(
+                x, filters, first_stride if i == 0 else 1, reduction_t,
+                repeats == 1, block_id, attention, reduction,
+            )
+            block_id += 1
+    x = utils.head(
+        x, include_top, pooling, classes, classifier_activation, weights,
+        dropout=0.2,
+    )
+    if name is None:
+        name = f"mobilenext_ca_{alpha:0.2f}_{rows}"
+    model = keras.Model(
+        utils.model_inputs(img_input, input_tensor), x, name=name
+    )
+    if weights is not None:
+        load_weights(model, weights, family="mobilenext_ca", alpha=alpha)
+    return model
+
+
+def preprocess_input(x, data_format=None):
+    return utils.preprocess_input(x, data_format=data_format)
+
+
+def decode_predictions(preds, top=5):
+    return utils.decode_predictions(preds, top=top)
+
+
+preprocess_input.__doc__ = utils.preprocess_input.__doc__
+decode_predictions.__doc__ = utils.decode_predictions.__doc__

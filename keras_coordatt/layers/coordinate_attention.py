@@ -1,0 +1,198 @@
+"""The coordinate attention block (Hou, Zhou, Feng, CVPR 2021)."""
+
+import keras
+from keras import ops
+
+_DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_coordatt")
+class CoordinateAttention(keras.layers.Layer):
+    """Coordinate attention: channel gates factorised along height and width.
+
+    The block needs only the channel count of its input, which it reads when it
+    is built. It average-pools the feature map along each spatial direction
+    (one strip of H rows, one strip of W columns), encodes both strips with a
+    shared 1x1 convolution (with bias) + BatchNorm + hard-swish into
+    `max(min_channels, channels // reduction)` channels, and turns each strip
+    back into `channels` sigmoid gates with its own 1x1 convolution (with
+    bias). The output is `inputs * a_h * a_w`, so every position is reweighted
+    by a gate that knows its row and one that knows its column. In training
+    the BatchNorm statistics are taken over both strips together, as in the
+    authors' network; at inference the strips are processed apart (no concat
+    or split, which keeps converted graphs small).
+
+    Args:
+        reduction: int >= 1, the channel reduction ratio of the shared
+            encoding. Defaults to 32, as in the paper.
+        min_channels: int >= 1, the smallest width of the shared encoding.
+            Defaults to 8.
+        activation: activation of the shared encoding (name or callable).
+            Defaults to `"hard_swish"`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Input shape: 4D tensor `(batch, H, W, C)` (channels_last) or
+        `(batch, C, H, W)` (channels_first); H and W may be unknown.
+    Output shape: same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = CoordinateAttention(reduction=16)(x)
+
+    Reference:
+    - [Coordinate Attention for Efficient Mobile Network Design](
+        https://arxiv.org/abs/2103.02907) (CVPR 2021)
+    """
+
+    def __init__(
+        self,
+        reduction=32,
+        min_channels=8,
+        activation="hard_swish",
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.reduction = _positive_int("reduction", reduction)
+        self.min_channels = _positive_int("min_channels", min_channels)
+        self.activation = keras.activations.get(activation)
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in _DATA_FORMATS:
+            raise ValueError(
+                "`data_format` must be one of "
+                f"{_DATA_FORMATS} or None. Received: data_format={data_format!r}"
+            )
+        self.data_format = data_format
+        self.channels = None
+        self.hidden_channels = None
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4:
+            raise ValueError(
+                "CoordinateAttention expects a 4D input (batch, H, W, C) or "
+                f"(batch, C, H, W). Received: input_shape={input_shape}"
+            )
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        channels = input_shape[channel_axis]
+        if channels is None:
+            raise ValueError(
+                "The channel dimension of the input to CoordinateAttention "
+                f"must be known ({self.data_format}). "
+                f"Received: input_shape={input_shape}"
+            )
+        self.channels = int(channels)
+        self.hidden_channels = max(
+            self.min_channels, self.channels // self.reduction
+        )
+        # The sublayers work on pooled strips laid out channels_last, whatever
+        # the layer's data format: TF's CPU kernels have no NCHW convolution,
+        # and the strips are tiny, so transposing them costs nothing.
+        def conv(filters, name):
+            return keras.layers.Conv2D(
+                filters, 1, use_bias=True, name=name, dtype=self.dtype_policy
+            )
+
+        self.conv = conv(self.hidden_channels, "conv")
+        self.bn = keras.layers.BatchNormalization(
+            axis=-1,
+            momentum=0.9,
+            epsilon=1e-5,
+            name="bn",
+            dtype=self.dtype_policy,
+        )
+        self.conv_h = conv(self.channels, "conv_h")
+        self.conv_w = conv(self.channels, "conv_w")
+        strip = (None, None, 1, self.channels)
+        self.conv.build(strip)
+        hidden = self.conv.compute_output_shape(strip)
+        self.bn.build(hidden)
+        self.conv_h.build(hidden)
+        self.conv_w.build(hidden)
+        channel_spec = {channel_axis: self.channels}
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes=channel_spec)
+
+    def _encode(self, pooled_h, pooled_w, training):
+        """Shared conv + BN + activation on both strips (B, L, 1, C)."""
+        y_h = self.conv(pooled_h)
+        y_w = self.conv(pooled_w)
+        if training and self.bn.trainable:
+            # Joint batch statistics over the H + W positions of the batch.
+            length_h = ops.shape(y_h)[1]
+            joint = ops.concatenate([y_h, y_w], axis=1)
+            joint = self.bn(joint, training=True)
+            y_h, y_w = joint[:, :length_h], joint[:, length_h:]
+        else:
+            y_h = self.bn(y_h, training=False)
+            y_w = self.bn(y_w, training=False)
+        return self.activation(y_h), self.activation(y_w)
+
+    def _gates(self, inputs, training=None):
+        """Returns the two sigmoid gates, broadcastable against `inputs`."""
+        if self.data_format == "channels_last":
+            pooled_h = ops.mean(inputs, axis=2, keepdims=True)  # (B, H, 1, C)
+            pooled_w = ops.mean(inputs, axis=1, keepdims=True)  # (B, 1, W, C)
+            pooled_w = ops.transpose(pooled_w, (0, 2, 1, 3))  # (B, W, 1, C)
+        else:
+            pooled_h = ops.mean(inputs, axis=3, keepdims=True)  # (B, C, H, 1)
+            pooled_w = ops.mean(inputs, axis=2, keepdims=True)  # (B, C, 1, W)
+            pooled_h = ops.transpose(pooled_h, (0, 2, 3, 1))  # (B, H, 1, C)
+            pooled_w = ops.transpose(pooled_w, (0, 3, 2, 1))  # (B, W, 1, C)
+        y_h, y_w = self._encode(pooled_h, pooled_w, training)
+        gate_h = ops.sigmoid(self.conv_h(y_h))  # (B, H, 1, C)
+        gate_w = ops.sigmoid(self.conv_w(y_w))  # (B, W, 1, C)
+        if self.data_format == "channels_last":
+            return gate_h, ops.transpose(gate_w, (0, 2, 1, 3))
+        return (
+            ops.transpose(gate_h, (0, 3, 1, 2)),  # (B, C, H, 1)
+            ops.transpose(gate_w, (0, 3, 2, 1)),  # (B, C, 1, W)
+        )
+
+    def call(self, inputs, training=None):
+        gate_h, gate_w = self._gates(inputs, training=training)
+        return inputs * gate_h * gate_w
+
+    def attention_maps(self, inputs, training=False):
+        """Returns the gates `(a_h, a_w)` the layer applies to `inputs`.
+
+        Args:
+            inputs: a batch in the layer's data format.
+            training: whether BatchNorm uses batch statistics.
+
+        Returns:
+            `a_h` of shape `(B, H, 1, C)` and `a_w` of shape `(B, 1, W, C)`
+            (channels_last) or `(B, C, H, 1)` and `(B, C, 1, W)`
+            (channels_first), with values in (0, 1). Their product is the
+            per-position gate, `call(x) == x * a_h * a_w`.
+        """
+        inputs = ops.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        return self._gates(inputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "reduction": self.reduction,
+                "min_channels": self.min_channels,
+                "activation": keras.activations.serialize(self.activation),
+                "data_format": self.data_format,
+            }
+        )
+        return config
