@@ -243,7 +243,7 @@ def application_input(input_shape, input_tensor, include_top, weights):
     )
     rows, cols = _spatial(input_shape, data_format)
     if input_tensor is None:
-        img_input = keras.layers.Input(shape=input_shape)
+        img_input = keras.layers.Input(shape=input_shape, name="image")
     elif not keras.backend.is_keras_tensor(input_tensor):
         img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
     else:

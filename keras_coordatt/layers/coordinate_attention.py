@@ -102,7 +102,12 @@ class CoordinateAttention(keras.layers.Layer):
         # and the strips are tiny, so transposing them costs nothing.
         def conv(filters, name):
             return keras.layers.Conv2D(
-                filters, 1, use_bias=True, name=name, dtype=self.dtype_policy
+                filters,
+                1,
+                use_bias=True,
+                data_format="channels_last",
+                name=name,
+                dtype=self.dtype_policy,
             )
 
         self.conv = conv(self.hidden_channels, "conv")
