@@ -148,7 +148,7 @@ def MobileNetV2CA(
         utils.model_inputs(img_input, input_tensor), x, name=name
     )
     if weights is not None:
-        load_weights(model, weights, family="mobilenetv2_ca", alpha=alpha)
+        load_weights(model, weights, family="mobilenetv2_ca")
     return model
 
 

@@ -145,7 +145,7 @@ def MobileNeXtCA(
         utils.model_inputs(img_input, input_tensor), x, name=name
     )
     if weights is not None:
-        load_weights(model, weights, family="mobilenext_ca", alpha=alpha)
+        load_weights(model, weights, family="mobilenext_ca")
     return model
 
 
