@@ -130,15 +130,20 @@ class CoordinateAttention(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes=channel_spec)
 
     def _encode(self, pooled_h, pooled_w, training):
-        """Shared conv + BN + activation on both strips (B, L, 1, C)."""
+        """Shared conv + BN + activation on the strips (B, H, 1, C) and
+        (B, 1, W, C)."""
         y_h = self.conv(pooled_h)
         y_w = self.conv(pooled_w)
         if training and self.bn.trainable:
-            # Joint batch statistics over the H + W positions of the batch.
+            # Joint batch statistics over the H + W positions of the batch:
+            # lay the W strip out like the H strip, concatenate, split back.
             length_h = ops.shape(y_h)[1]
-            joint = ops.concatenate([y_h, y_w], axis=1)
+            joint = ops.concatenate(
+                [y_h, ops.transpose(y_w, (0, 2, 1, 3))], axis=1
+            )
             joint = self.bn(joint, training=True)
-            y_h, y_w = joint[:, :length_h], joint[:, length_h:]
+            y_h = joint[:, :length_h]
+            y_w = ops.transpose(joint[:, length_h:], (0, 2, 1, 3))
         else:
             y_h = self.bn(y_h, training=False)
             y_w = self.bn(y_w, training=False)
@@ -146,24 +151,21 @@ class CoordinateAttention(keras.layers.Layer):
 
     def _gates(self, inputs, training=None):
         """Returns the two sigmoid gates, broadcastable against `inputs`."""
-        if self.data_format == "channels_last":
-            pooled_h = ops.mean(inputs, axis=2, keepdims=True)  # (B, H, 1, C)
-            pooled_w = ops.mean(inputs, axis=1, keepdims=True)  # (B, 1, W, C)
-            pooled_w = ops.transpose(pooled_w, (0, 2, 1, 3))  # (B, W, 1, C)
-        else:
-            pooled_h = ops.mean(inputs, axis=3, keepdims=True)  # (B, C, H, 1)
-            pooled_w = ops.mean(inputs, axis=2, keepdims=True)  # (B, C, 1, W)
-            pooled_h = ops.transpose(pooled_h, (0, 2, 3, 1))  # (B, H, 1, C)
-            pooled_w = ops.transpose(pooled_w, (0, 3, 2, 1))  # (B, W, 1, C)
+        first = self.data_format == "channels_first"
+        # channels_last: (B, H, 1, C) and (B, 1, W, C); no transpose at all
+        # at inference. channels_first strips are moved channels-last.
+        pooled_h = ops.mean(inputs, axis=3 if first else 2, keepdims=True)
+        pooled_w = ops.mean(inputs, axis=2 if first else 1, keepdims=True)
+        if first:
+            pooled_h = ops.transpose(pooled_h, (0, 2, 3, 1))
+            pooled_w = ops.transpose(pooled_w, (0, 2, 3, 1))
         y_h, y_w = self._encode(pooled_h, pooled_w, training)
-        gate_h = ops.sigmoid(self.conv_h(y_h))  # (B, H, 1, C)
-        gate_w = ops.sigmoid(self.conv_w(y_w))  # (B, W, 1, C)
-        if self.data_format == "channels_last":
-            return gate_h, ops.transpose(gate_w, (0, 2, 1, 3))
-        return (
-            ops.transpose(gate_h, (0, 3, 1, 2)),  # (B, C, H, 1)
-            ops.transpose(gate_w, (0, 3, 2, 1)),  # (B, C, 1, W)
-        )
+        gate_h = ops.sigmoid(self.conv_h(y_h))
+        gate_w = ops.sigmoid(self.conv_w(y_w))
+        if first:
+            gate_h = ops.transpose(gate_h, (0, 3, 1, 2))  # (B, C, H, 1)
+            gate_w = ops.transpose(gate_w, (0, 3, 1, 2))  # (B, C, 1, W)
+        return gate_h, gate_w
 
     def call(self, inputs, training=None):
         gate_h, gate_w = self._gates(inputs, training=training)
