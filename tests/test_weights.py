@@ -29,13 +29,29 @@ def _blob_id(path):
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+_REFERENCES = {}
+
+
+def _reference(alpha, tmp_path_factory):
+    """A randomized PyTorch reference and its checkpoint, made once per alpha."""
+    if alpha not in _REFERENCES:
+        net = tr.randomized(tr.MobileNetV2CA(width_mult=alpha),
+                            seed=int(alpha * 10))
+        path = str(tmp_path_factory.mktemp("ckpt") / f"mbv2_ca_{alpha}.pth")
+        torch.save(net.state_dict(), path)
+        _REFERENCES[alpha] = (alpha, net, path)
+    return _REFERENCES[alpha]
+
+
 @pytest.fixture(scope="module", params=[1.0, 0.5])
 def reference(request, tmp_path_factory):
-    alpha = request.param
-    net = tr.randomized(tr.MobileNetV2CA(width_mult=alpha), seed=int(alpha * 10))
-    path = str(tmp_path_factory.mktemp("ckpt") / f"mbv2_ca_{alpha}.pth")
-    torch.save(net.state_dict(), path)
-    return alpha, net, path
+    return _reference(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference_1(tmp_path_factory):
+    """The published width (alpha 1.0), the only one with imagenet weights."""
+    return _reference(1.0, tmp_path_factory)
 
 
 def _logits(net, x_nhwc):
@@ -146,11 +162,9 @@ def keras_home(tmp_path, monkeypatch):
     return home
 
 
-def test_imagenet_path_end_to_end_offline(reference, keras_home, tmp_path,
+def test_imagenet_path_end_to_end_offline(reference_1, keras_home, tmp_path,
                                           monkeypatch):
-    alpha, net, path = reference
-    if alpha != 1.0:
-        pytest.skip("the imagenet weights exist for alpha 1.0 only")
+    _, net, path = reference_1
     mirror = tmp_path / "mirror.pth"
     mirror.write_bytes(open(path, "rb").read())
     monkeypatch.setenv("KERAS_COORDATT_IMAGENET_URL", mirror.as_uri())
@@ -174,9 +188,9 @@ def test_imagenet_path_end_to_end_offline(reference, keras_home, tmp_path,
     assert backbone.output.shape == (None, 5, 4, 1280)
 
 
-def test_tampered_download_leaves_no_cache(reference, keras_home, tmp_path,
+def test_tampered_download_leaves_no_cache(reference_1, keras_home, tmp_path,
                                            monkeypatch):
-    _, _, path = reference
+    _, _, path = reference_1
     data = bytearray(open(path, "rb").read())
     expected = _blob_id(path)
     data[len(data) // 2] ^= 0xFF
