@@ -314,11 +314,16 @@ def head(
     return x
 
 
-def model_inputs(img_input, input_tensor):
-    """The model's inputs, following `input_tensor` to its sources."""
-    if input_tensor is None:
-        return img_input
-    return keras.utils.get_source_inputs(input_tensor)
+def finish_model(img_input, input_tensor, features, name, **head_kwargs):
+    """Adds the head to `features` and wraps the graph in a `keras.Model`.
+
+    The model's inputs follow `input_tensor` back to its sources, as in
+    keras.applications. `head_kwargs` are `head()`'s arguments.
+    """
+    inputs = img_input
+    if input_tensor is not None:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    return keras.Model(inputs, head(features, **head_kwargs), name=name)
 
 
 def conv_bn(x, filters, kernel_size, strides, name, bn_name, relu_name=None,

@@ -3,6 +3,8 @@
 import keras
 
 from keras_coordatt.applications import imagenet_utils as utils
+from keras_coordatt.applications.imagenet_utils import decode_predictions  # noqa: F401
+from keras_coordatt.applications.imagenet_utils import preprocess_input  # noqa: F401
 from keras_coordatt.weights import load_weights
 
 # (expansion t, channels c, repeats n, first stride s), as in the paper.
@@ -138,27 +140,14 @@ def MobileNetV2CA(
     last_filters = utils.make_divisible(1280 * alpha, 8) if alpha > 1.0 \
         else 1280
     x = utils.conv_bn(x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu")
-    x = utils.head(
-        x, include_top, pooling, classes, classifier_activation, weights,
-        dropout=0.1,
-    )
     if name is None:
         name = f"mobilenetv2_ca_{alpha:0.2f}_{rows}"
-    model = keras.Model(
-        utils.model_inputs(img_input, input_tensor), x, name=name
+    model = utils.finish_model(
+        img_input, input_tensor, x, name, include_top=include_top,
+        pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, weights=weights,
+        dropout=0.1,
     )
     if weights is not None:
         load_weights(model, weights, family="mobilenetv2_ca")
     return model
-
-
-def preprocess_input(x, data_format=None):
-    return utils.preprocess_input(x, data_format=data_format)
-
-
-def decode_predictions(preds, top=5):
-    return utils.decode_predictions(preds, top=top)
-
-
-preprocess_input.__doc__ = utils.preprocess_input.__doc__
-decode_predictions.__doc__ = utils.decode_predictions.__doc__

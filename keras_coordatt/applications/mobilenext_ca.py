@@ -5,6 +5,8 @@ import math
 import keras
 
 from keras_coordatt.applications import imagenet_utils as utils
+from keras_coordatt.applications.imagenet_utils import decode_predictions  # noqa: F401
+from keras_coordatt.applications.imagenet_utils import preprocess_input  # noqa: F401
 from keras_coordatt.weights import load_weights
 
 # (reduction t, channels c, repeats n, first stride s), as in MobileNeXt.
@@ -135,27 +137,14 @@ def MobileNeXtCA(
                 repeats == 1, block_id, attention, reduction,
             )
             block_id += 1
-    x = utils.head(
-        x, include_top, pooling, classes, classifier_activation, weights,
-        dropout=0.2,
-    )
     if name is None:
         name = f"mobilenext_ca_{alpha:0.2f}_{rows}"
-    model = keras.Model(
-        utils.model_inputs(img_input, input_tensor), x, name=name
+    model = utils.finish_model(
+        img_input, input_tensor, x, name, include_top=include_top,
+        pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, weights=weights,
+        dropout=0.2,
     )
     if weights is not None:
         load_weights(model, weights, family="mobilenext_ca")
     return model
-
-
-def preprocess_input(x, data_format=None):
-    return utils.preprocess_input(x, data_format=data_format)
-
-
-def decode_predictions(preds, top=5):
-    return utils.decode_predictions(preds, top=top)
-
-
-preprocess_input.__doc__ = utils.preprocess_input.__doc__
-decode_predictions.__doc__ = utils.decode_predictions.__doc__
