@@ -1,4 +1,4 @@
-"""The `keras-coordatt` command line: convert, train, quantize.
+"""The `keras-coordatt` command line: convert, train, quantize, export.
 
 Each subcommand lives with the module it drives and parses its own
 arguments; this file only dispatches, importing the module on demand.
@@ -11,6 +11,8 @@ COMMANDS = {
     "convert": ("keras_coordatt.weights.cli", "convert PyTorch weights"),
     "train": ("keras_coordatt.training.cli", "train or fine-tune a model"),
     "quantize": ("keras_coordatt.quantization.cli", "QAT and int8 TFLite"),
+    "export": ("keras_coordatt.export.cli", "hub models: preset, SavedModel, "
+               "LiteRT, ONNX"),
 }
 
 

@@ -1,0 +1,55 @@
+"""Hub models: export to Keras preset folders, SavedModel, LiteRT and ONNX.
+
+- `export_model(output, format, ...)` builds an application model, writes one
+  artifact atomically, checks it against the Keras model and describes it in
+  `metadata.json` (what `keras-coordatt export` runs);
+- `build_model` builds the classification or feature-vector variant with
+  its weights;
+- `save_preset` / `load_preset` write and read keras-hub-style preset folders
+  (local, or `kaggle://` / `hf://` through keras-hub);
+- `formats` holds one exporter per format (`export_keras`,
+  `export_saved_model`, `export_litert`, `export_onnx`) and the runtimes
+  that read each one back.
+
+Nothing here imports TensorFlow, ONNX or LiteRT at import time.
+"""
+
+from keras_coordatt.export import formats
+from keras_coordatt.export.exporter import FLOAT_TOLERANCE
+from keras_coordatt.export.exporter import FOLDED_TOLERANCE
+from keras_coordatt.export.exporter import MODELS
+from keras_coordatt.export.exporter import VARIANTS
+from keras_coordatt.export.exporter import build_model
+from keras_coordatt.export.exporter import export_model
+from keras_coordatt.export.exporter import make_metadata
+from keras_coordatt.export.exporter import random_images
+from keras_coordatt.export.exporter import verify_artifact
+from keras_coordatt.export.formats import FORMATS
+from keras_coordatt.export.formats import export_keras
+from keras_coordatt.export.formats import export_litert
+from keras_coordatt.export.formats import export_onnx
+from keras_coordatt.export.formats import export_saved_model
+from keras_coordatt.export.preset import load_preset
+from keras_coordatt.export.preset import load_preset_metadata
+from keras_coordatt.export.preset import save_preset
+
+__all__ = [
+    "FLOAT_TOLERANCE",
+    "FOLDED_TOLERANCE",
+    "FORMATS",
+    "MODELS",
+    "VARIANTS",
+    "build_model",
+    "export_keras",
+    "export_litert",
+    "export_model",
+    "export_onnx",
+    "export_saved_model",
+    "formats",
+    "load_preset",
+    "load_preset_metadata",
+    "make_metadata",
+    "random_images",
+    "save_preset",
+    "verify_artifact",
+]

@@ -1,0 +1,116 @@
+"""`keras-coordatt export`: hub artifacts (preset, SavedModel, LiteRT, ONNX).
+
+Example:
+
+    keras-coordatt export --model mobilenetv2_ca --alpha 1.0 \\
+        --weights imagenet --format saved_model --variant feature_vector \\
+        --output saved_models/mobilenetv2_ca_1.0_224_feature_vector
+
+Bad arguments (unknown format or variant, missing weights file, existing
+output) exit with status 2 and a one-line message, before anything is
+written; a failed export (including a failed verification) exits with 1
+and leaves no output folder.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+PROG = "keras-coordatt export"
+
+
+def _parser():
+    from keras_coordatt.export.exporter import MODELS
+    from keras_coordatt.export.exporter import VARIANTS
+    from keras_coordatt.export.formats import FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a Coordinate Attention model to a hub format: "
+        "a keras-hub-style preset folder (keras), a TF SavedModel, a LiteRT "
+        "(.tflite) model or ONNX. The output is a folder holding the "
+        "artifact and metadata.json; it is checked against the Keras model "
+        "on random images before it is moved into place.",
+    )
+    parser.add_argument("--model", default="mobilenetv2_ca",
+                        help=f"one of {', '.join(MODELS)} "
+                        "(default mobilenetv2_ca)")
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="width multiplier (default 1.0)")
+    parser.add_argument("--weights", default="imagenet",
+                        help="'imagenet' (the authors' checkpoint, "
+                        "downloaded), 'none' (random) or a weights file "
+                        "(.weights.h5, .keras, .h5, .pth, .pt)")
+    parser.add_argument("--format", required=True, dest="export_format",
+                        help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--variant", default="classification",
+                        help=f"one of {', '.join(VARIANTS)} (default "
+                        "classification)")
+    parser.add_argument("--output", required=True,
+                        help="output folder (must not exist)")
+    parser.add_argument("--input-size", type=int, default=224,
+                        help="square image size (default 224)")
+    parser.add_argument("--classes", type=int, default=1000,
+                        help="classes of the classifier (default 1000)")
+    parser.add_argument("--logits", action="store_true",
+                        help="classifier without softmax")
+    parser.add_argument("--int8", action="store_true",
+                        help="litert only: post-training int8 quantization "
+                        "(needs keras_coordatt.quantization)")
+    parser.add_argument("--representative",
+                        help="with --int8: a .npy of RGB images in [0, 255] "
+                        "(N, H, W, 3) or a folder of images")
+    parser.add_argument("--num-samples", type=int, default=200,
+                        help="with --int8: calibration images (default 200)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the comparison with the Keras model")
+    return parser
+
+
+def main(argv=None):
+    """Runs `keras-coordatt export`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from keras_coordatt.export import exporter
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    try:
+        exporter.check_arguments(
+            args.model, weights, args.export_format, args.variant,
+            int8=args.int8, representative=args.representative)
+        if os.path.lexists(args.output) and not args.overwrite:
+            raise FileExistsError(
+                f"the output {args.output!r} already exists (use "
+                "--overwrite to replace it)")
+    except (ValueError, FileNotFoundError, FileExistsError,
+            RuntimeError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        metadata = exporter.export_model(
+            args.output, args.export_format, model_name=args.model,
+            alpha=args.alpha, weights=weights, variant=args.variant,
+            input_size=args.input_size, classes=args.classes,
+            classifier_activation=None if args.logits else "softmax",
+            int8=args.int8, representative=args.representative,
+            num_samples=args.num_samples, overwrite=args.overwrite,
+            verify=not args.no_verify)
+    except Exception as e:  # noqa: BLE001 (reported, output removed)
+        print(f"{PROG}: export failed, nothing was written: "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    summary = {
+        "output": os.path.abspath(args.output),
+        "format": metadata["format"],
+        "variant": metadata["variant"],
+        "parameters": metadata["parameter_count"]["total"],
+        "verification": metadata.get("verification"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Hub exports: every format reproduces the Keras model, presets round-trip,
+the feature-vector SavedModel fine-tunes, bad arguments write nothing.
+
+One model (MobileNetV2CA, alpha 0.35, 96x96, 10 classes) with non-trivial
+weights made here (random kernels, BatchNorm statistics calibrated on random
+images so that activations keep unit scale and outputs depend on the image),
+saved as a `.weights.h5` and exported through the public API and the CLI.
+Measured differences are printed (run with `-s` to see them).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from keras_coordatt.export import FLOAT_TOLERANCE  # noqa: E402
+from keras_coordatt.export import FOLDED_TOLERANCE  # noqa: E402
+from keras_coordatt.export import build_model  # noqa: E402
+from keras_coordatt.export import cli  # noqa: E402
+from keras_coordatt.export import export_model  # noqa: E402
+from keras_coordatt.export import formats  # noqa: E402
+from keras_coordatt.export import load_preset  # noqa: E402
+from keras_coordatt.export import random_images  # noqa: E402
+from keras_coordatt.export.exporter import compare  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="SavedModel, LiteRT and ONNX export need the TensorFlow backend",
+)
+
+ALPHA = 0.35
+SIZE = 96
+CLASSES = 10
+SHAPE = (SIZE, SIZE, 3)
+COMMON = dict(model_name="mobilenetv2_ca", alpha=ALPHA, input_size=SIZE,
+              classes=CLASSES)
+
+
+def _nontrivial_weights(model, seed=0):
+    """Random BN affine params, BN statistics calibrated on random images."""
+    rng = np.random.default_rng(seed)
+    bns = [layer for layer in model._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    for v in model.weights:
+        if v.path.endswith("gamma"):
+            v.assign(rng.uniform(0.8, 1.2, tuple(v.shape)).astype("float32"))
+        elif v.path.endswith("beta"):
+            v.assign(rng.uniform(-0.2, 0.2, tuple(v.shape)).astype("float32"))
+    momenta = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(random_images(SHAPE, 16, seed + 100), training=True)
+    for layer, momentum in zip(bns, momenta):
+        layer.momentum = momentum
+    kernel = model.get_layer("predictions").kernel
+    kernel.assign(kernel * 3.0)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    keras.utils.set_random_seed(0)  # reproducible kernels
+    model, _ = build_model(weights=None, variant="classification", **COMMON)
+    _nontrivial_weights(model)
+    path = str(tmp_path_factory.mktemp("weights") / "ca.weights.h5")
+    model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(weights_file):
+    return build_model(weights=weights_file, variant="classification",
+                       **COMMON)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return random_images(SHAPE, 8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(classifier, images):
+    model, _ = classifier
+    out = np.asarray(model.predict(images, verbose=0))
+    # The outputs depend on the image (the test would be weak otherwise).
+    assert out.std(axis=0).max() > 0.05
+    return out
+
+
+def _export(tmp_path, fmt, classifier, variant="classification", **kwargs):
+    model, model_kwargs = classifier
+    out = tmp_path / f"{fmt}_{variant}"
+    metadata = export_model(out, fmt, weights=kwargs.pop("weights", None),
+                            variant=variant, model=model,
+                            model_kwargs=model_kwargs, verify=False,
+                            **COMMON, **kwargs)
+    return str(out), metadata
+
+
+def _report(name, result):
+    print(f"\n[export] {name}: " + ", ".join(
+        f"{k}={v:.3g}" for k, v in result.items()))
+
+
+@pytest.mark.slow
+def test_saved_model_and_tfsm_layer_match_keras(tmp_path, classifier,
+                                                weights_file, images,
+                                                reference):
+    import tensorflow as tf
+
+    out, metadata = _export(tmp_path, "saved_model", classifier,
+                            weights=weights_file)
+    loaded = tf.saved_model.load(out)
+    signature = loaded.signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    assert list(inputs) == ["image"]
+    assert inputs["image"].dtype == tf.float32
+    assert inputs["image"].shape.as_list() == [None, *SHAPE]
+    assert list(signature.structured_outputs) == ["predictions"]
+    results = {
+        "serve": loaded.serve(tf.constant(images)).numpy(),
+        "serving_default": signature(image=tf.constant(images))[
+            "predictions"].numpy(),
+        "TFSMLayer": formats.predict_tfsm_layer(out, images),
+    }
+    for runtime, outputs in results.items():
+        result = compare(reference, outputs, classification=True)
+        _report(f"saved_model/{runtime}", result)
+        assert result["max_abs_diff"] <= FLOAT_TOLERANCE
+        assert result["top1_agreement"] == 1.0
+    assert metadata["saved_model"]["signatures"]["serving_default"][
+        "inputs"]["image"]["shape"] == [None, *SHAPE]
+    with open(os.path.join(out, "metadata.json")) as f:
+        assert json.load(f)["format"] == "saved_model"
+
+
+def test_litert_float_cli_matches_keras(tmp_path, weights_file, images,
+                                        reference):
+    out = tmp_path / "litert"
+    rc = cli.main([
+        "--model", "mobilenetv2_ca", "--alpha", str(ALPHA),
+        "--weights", weights_file, "--format", "litert",
+        "--variant", "classification", "--input-size", str(SIZE),
+        "--classes", str(CLASSES), "--output", str(out),
+    ])
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["metadata.json", "model.tflite"]
+    with open(out / "metadata.json") as f:
+        metadata = json.load(f)
+    ops = formats.tflite_op_names(str(out / "model.tflite"))
+    assert not set(ops) & {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    assert metadata["litert"]["signatures"] == {
+        "serving_default": {"inputs": ["image"], "outputs": ["output_0"]}}
+    assert metadata["litert"]["input"]["shape"] == [1, *SHAPE]
+    # The export verified itself (4 images) ...
+    assert metadata["verification"]["litert"]["max_abs_diff"] <= \
+        FOLDED_TOLERANCE
+    # ... and agrees here on others.
+    result = compare(reference,
+                     formats.predict_litert(out / "model.tflite", images),
+                     classification=True)
+    _report("litert float", result)
+    # BatchNorm folded into the kernels: float32 rounding (~1e-5 to 4e-5).
+    assert result["max_abs_diff"] <= FOLDED_TOLERANCE
+    assert result["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not formats.int8_available(),
+                    reason="int8 needs keras_coordatt.quantization")
+def test_litert_int8(tmp_path, classifier, weights_file, images, reference):
+    calibration = random_images(SHAPE, 16, seed=2)
+    raw = np.clip(calibration * 0.226 + 0.449, 0, 1) * 255  # back to pixels
+    npy = tmp_path / "representative.npy"
+    np.save(npy, raw.astype("float32"))
+    out, metadata = _export(tmp_path, "litert", classifier,
+                            weights=weights_file, int8=True,
+                            representative=str(npy), num_samples=16)
+    ops = metadata["litert"]["ops"]
+    assert "QUANTIZE" in ops and "Flex" not in " ".join(ops)
+    outputs = formats.predict_litert(os.path.join(out, "model.tflite"),
+                                     images)
+    assert np.all(np.isfinite(outputs))
+    np.testing.assert_allclose(outputs.sum(-1), 1.0, atol=0.05)
+    result = compare(reference, outputs, classification=True)
+    _report("litert int8 (random weights)", result)
+    # The int8 step of a softmax output is 1/256; a random network amplifies
+    # quantization error layer after layer, so only the float formats are
+    # held to a tolerance here (see saved_models/README.md).
+    assert result["max_abs_diff"] <= 1.0
+
+
+def test_onnx_matches_keras(tmp_path, classifier, weights_file, images,
+                            reference):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    out, metadata = _export(tmp_path, "onnx", classifier,
+                            weights=weights_file)
+    session = onnxruntime.InferenceSession(
+        os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    (outp,) = session.get_outputs()
+    assert inp.name == "image" and inp.type == "tensor(float)"
+    assert inp.shape == ["batch", *SHAPE]
+    assert outp.name == "predictions"
+    result = compare(reference, session.run(None, {"image": images})[0],
+                     classification=True)
+    _report("onnx", result)
+    # tf2onnx folds BatchNorm into the kernels: float32 rounding (~1.6e-5).
+    assert result["max_abs_diff"] <= FOLDED_TOLERANCE
+    assert result["top1_agreement"] == 1.0
+
+
+def test_preset_round_trips_to_an_identical_model(tmp_path, classifier,
+                                                  weights_file, images,
+                                                  reference):
+    model, _ = classifier
+    out, _ = _export(tmp_path, "keras", classifier, weights=weights_file)
+    assert sorted(os.listdir(out)) == [
+        "config.json", "metadata.json", "model.weights.h5"]
+    rebuilt = load_preset(out)
+    assert [layer.name for layer in rebuilt.layers] == [
+        layer.name for layer in model.layers]
+    assert [layer.get_config() for layer in rebuilt.layers] == [
+        layer.get_config() for layer in model.layers]
+    assert len(rebuilt.weights) == len(model.weights)
+    for a, b in zip(model.weights, rebuilt.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    diff = np.abs(np.asarray(rebuilt.predict(images, verbose=0)) -
+                  reference).max()
+    _report("preset round trip", {"max_abs_diff": float(diff)})
+    assert diff == 0.0
+
+    with open(os.path.join(out, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["parameter_count"] == {
+        "total": model.count_params(),
+        "trainable": int(sum(np.prod(w.shape)
+                             for w in model.trainable_weights)),
+        "non_trainable": int(sum(np.prod(w.shape)
+                                 for w in model.non_trainable_weights)),
+    }
+    assert metadata["input"]["shape"] == [None, *SHAPE]
+    assert metadata["input"]["dtype"] == "float32"
+    assert metadata["input"]["data_format"] == "channels_last"
+    assert metadata["input"]["value_range"] == pytest.approx(
+        [-2.117904, 2.64], abs=1e-4)
+    assert metadata["preprocessing"]["mode"] == "torch"
+    assert metadata["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert metadata["preprocessing"]["std"] == [0.229, 0.224, 0.225]
+    assert metadata["weights"]["source"] == "file"
+    assert len(metadata["weights"]["sha256"]) == 64
+    assert len(metadata["files"]["model.weights.h5"]["sha256"]) == 64
+    assert metadata["versions"]["keras"] == keras.__version__
+
+    # A corrupted weights file is refused.
+    with open(os.path.join(out, "model.weights.h5"), "r+b") as f:
+        f.seek(-64, os.SEEK_END)
+        tail = f.read(64)
+        f.seek(-64, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in tail))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_preset(out)
+
+
+def test_imagenet_metadata_names_the_source_checkpoint(classifier):
+    from keras_coordatt.export import make_metadata
+    from keras_coordatt.weights import imagenet
+
+    model, kwargs = classifier
+    metadata = make_metadata(model, kwargs, "mobilenetv2_ca", "imagenet",
+                             "classification", "keras")
+    assert metadata["weights"]["checkpoint_url"] == imagenet.IMAGENET_URL
+    assert metadata["weights"]["checkpoint_git_blob_id"] == \
+        imagenet.IMAGENET_BLOB_ID
+    assert metadata["license"] == (
+        "MIT, weights by the authors of Coordinate Attention")
+
+
+@pytest.mark.slow
+def test_feature_vector_saved_model_fine_tunes_with_tfsm_layer(
+        tmp_path, classifier, weights_file, images):
+    full, _ = classifier
+    features = build_model(weights=weights_file, variant="feature_vector",
+                           **COMMON)
+    fv_model, _ = features
+    # Same weights, classifier dropped: the pooled features of the full one.
+    pooled = keras.Model(full.input, full.get_layer("avg_pool").output)
+    expected = np.asarray(pooled.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        np.asarray(fv_model.predict(images, verbose=0)), expected)
+
+    out, metadata = _export(tmp_path, "saved_model", features,
+                            variant="feature_vector", weights=weights_file)
+    assert metadata["output"]["name"] == "feature_vector"
+    assert metadata["output"]["shape"] == [None, 1280]
+
+    hub = keras.layers.TFSMLayer(out, call_endpoint="serve", trainable=False)
+    inputs = keras.Input(SHAPE, name="image")
+    logits = keras.layers.Dense(3, name="head")(hub(inputs))
+    model = keras.Model(inputs, logits)
+    assert len(model.trainable_weights) == 2  # the head only
+    diff = np.abs(keras.ops.convert_to_numpy(hub(images)) - expected).max()
+    _report("feature_vector TFSMLayer", {"max_abs_diff": float(diff)})
+    assert diff <= FLOAT_TOLERANCE
+
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    labels = np.arange(len(images)) % 3
+    frozen_before = [np.asarray(w) for w in hub.non_trainable_weights]
+    head_before = np.asarray(model.get_layer("head").kernel)
+    history = model.fit(images, labels, epochs=15, batch_size=8, verbose=0)
+    losses = history.history["loss"]
+    _report("feature_vector fine-tune", {"loss_first": losses[0],
+                                         "loss_last": losses[-1]})
+    assert losses[-1] < losses[0]
+    assert not np.allclose(np.asarray(model.get_layer("head").kernel),
+                           head_before)
+    for before, w in zip(frozen_before, hub.non_trainable_weights):
+        np.testing.assert_array_equal(before, np.asarray(w))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "tfjs"], "Unknown format 'tfjs'"),
+        (["--format", "onnx", "--variant", "segmentation"],
+         "Unknown variant 'segmentation'"),
+        (["--format", "keras", "--weights", "missing.weights.h5"],
+         "Weights file not found"),
+        (["--format", "onnx", "--int8"], "int8 applies to the litert"),
+        (["--format", "keras", "--model", "resnet50"], "Unknown model"),
+    ],
+)
+def test_bad_arguments_fail_clearly_and_write_nothing(tmp_path, capsys, args,
+                                                      message):
+    out = tmp_path / "new" / "artifact"
+    argv = ["--weights", "none", "--output", str(out)] + args
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "keras-coordatt export: error:" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_existing_output_is_refused(tmp_path, capsys):
+    out = tmp_path / "artifact"
+    out.mkdir()
+    assert cli.main(["--weights", "none", "--format", "keras",
+                     "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert os.listdir(out) == []
+
+
+def test_failure_during_export_leaves_no_directory(tmp_path, classifier,
+                                                   monkeypatch):
+    def broken(model, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(formats, "export_onnx", broken)
+    parent = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        _export(parent, "onnx", classifier)
+    assert not (tmp_path / "a").exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_verification_leaves_no_directory(tmp_path, classifier,
+                                                 monkeypatch):
+    model, kwargs = classifier
+    real = formats.predict_preset
+    monkeypatch.setattr(formats, "predict_preset",
+                        lambda path, x: real(path, x) + 1e-3)
+    with pytest.raises(AssertionError, match="differs from the Keras model"):
+        export_model(tmp_path / "preset", "keras", weights=None, model=model,
+                     model_kwargs=kwargs, **COMMON)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("handle", ["hf://someone/mobilenetv2_ca",
+                                    "kaggle://someone/ca/keras/v1"])
+def test_remote_preset_needs_keras_hub(handle):
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("keras-hub is installed")
+    with pytest.raises(ImportError, match="pip install keras-hub"):
+        load_preset(handle)
+
+
+def test_missing_preset_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No preset folder"):
+        load_preset(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_preset(tmp_path / "empty")
+
+
+def test_manifest_entries_are_valid_export_commands():
+    from keras_coordatt.export import FORMATS
+    from keras_coordatt.export import VARIANTS
+    from keras_coordatt.export.cli import _parser
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "saved_models", "manifest.json")) as f:
+        manifest = json.load(f)
+    names = set()
+    for entry in manifest["artifacts"]:
+        args = _parser().parse_args(entry["args"])
+        assert args.export_format == entry["format"] in FORMATS
+        assert args.variant == entry["variant"] in VARIANTS
+        assert args.weights == "imagenet"
+        assert args.int8 == bool(entry.get("int8"))
+        assert args.output == f"saved_models/{entry['name']}"
+        names.add(entry["name"])
+    assert len(names) == len(manifest["artifacts"]) == 9
+
+
+def test_int8_without_quantization_module_is_a_clear_error(
+        tmp_path, capsys, monkeypatch):
+    def missing():
+        raise RuntimeError(
+            "int8 LiteRT export requires keras_coordatt.quantization")
+
+    monkeypatch.setattr(formats, "_quantization_module", missing)
+    npy = tmp_path / "rep.npy"
+    np.save(npy, np.zeros((2, SIZE, SIZE, 3), "float32"))
+    out = tmp_path / "int8"
+    assert cli.main(["--weights", "none", "--format", "litert", "--int8",
+                     "--representative", str(npy), "--output",
+                     str(out)]) == 2
+    assert "requires keras_coordatt.quantization" in capsys.readouterr().err
+    assert not out.exists()
