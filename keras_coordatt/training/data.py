@@ -1,0 +1,682 @@
+"""Input pipelines: tensorflow-datasets, image folders, arrays, digits.
+
+A *source* (`ImageSource`) says where the labelled images come from: it makes
+unbatched `(image, label)` datasets, images as uint8/float RGB in [0, 255]
+of any size (or JPEG bytes, decoded late), labels as int32. The pipelines
+turn a source into what `Model.fit` eats:
+
+- training (`train_dataset`): shuffle, repeat, random resized crop (+ flip),
+  the model's `preprocess_input`, per-replica batches (each replica's batch
+  is `global_batch / replicas`), `AUTOTUNE` prefetch; one input pipeline per
+  host through `strategy.distribute_datasets_from_function`.
+- evaluation (`eval_dataset`): central crop + resize, same preprocessing,
+  global batches (Keras splits them over the replicas).
+
+tensorflow-datasets and scikit-learn are imported only by the loaders that
+need them (the optional `datasets` extra).
+"""
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from keras_coordatt.datasets import digits_images
+from keras_coordatt.datasets import stratified_split
+
+AUTOTUNE = tf.data.AUTOTUNE
+DATASET_FORMS = ("digits", "tfds:NAME", "folder:PATH", "npz:PATH")
+_VALIDATION_SPLITS = ("validation", "test")
+_FOLDER_SPLITS = ("train", "validation", "val", "test")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """Labelled images for training and validation.
+
+    Attributes:
+        name: what the data is (`"digits"`, `"tfds:cifar10"`, ...).
+        num_classes: number of classes (labels are `0..num_classes-1`).
+        train_examples: size of the training split.
+        val_examples: size of the validation split.
+        make_train: `(input_context, seed) -> tf.data.Dataset` of unbatched
+            `(image, label)`, this input pipeline's shard only.
+        make_val: `() -> tf.data.Dataset` of unbatched `(image, label)`.
+        class_names: optional class names.
+    """
+
+    name: str
+    num_classes: int
+    train_examples: int
+    val_examples: int
+    make_train: Callable
+    make_val: Callable
+    class_names: Optional[list] = None
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+
+def load_source(dataset, *, image_size=224, validation_fraction=0.1, seed=0,
+                data_dir=None, manual_dir=None, download=True,
+                train_split=None, val_split=None, eval_crop_fraction=0.875):
+    """Returns the `ImageSource` a dataset string names.
+
+    Args:
+        dataset: `"digits"` (scikit-learn's bundled 8x8 digits), `"tfds:NAME"`
+            (any tensorflow-datasets image-classification dataset, e.g.
+            `tfds:imagenet2012`, `tfds:tf_flowers`, `tfds:cifar10`),
+            `"folder:PATH"` (a folder of images, one subfolder per class, or
+            `PATH/train/CLASS/...` with `PATH/val/...`) or `"npz:PATH"`
+            (arrays `x_train`, `y_train` and optionally `x_val`, `y_val`).
+        image_size: the training image size (digits are upscaled to it;
+            flat folders are loaded at `image_size / eval_crop_fraction`).
+        validation_fraction: held-out share when there is no validation
+            split.
+        seed: seed of the held-out split.
+        data_dir: tensorflow-datasets data directory.
+        manual_dir: directory of manually downloaded archives (ImageNet).
+        download: let tensorflow-datasets download/prepare missing data.
+        train_split, val_split: tensorflow-datasets split names.
+        eval_crop_fraction: see `TrainConfig`.
+
+    Returns:
+        An `ImageSource`.
+
+    Raises:
+        ValueError: an unknown form or name, or data that is not image
+            classification.
+    """
+    if not isinstance(dataset, str):
+        raise ValueError(
+            "`dataset` must be a string. Received: "
+            f"dataset={dataset!r}; accepted: {', '.join(DATASET_FORMS)}"
+        )
+    kind, _, arg = dataset.partition(":")
+    if dataset == "digits":
+        return load_digits(image_size, validation_fraction, seed)
+    if kind == "tfds" and arg:
+        return from_tfds(
+            arg, data_dir=data_dir, manual_dir=manual_dir, download=download,
+            train_split=train_split, val_split=val_split,
+            validation_fraction=validation_fraction,
+        )
+    if kind == "folder" and arg:
+        load_size = int(round(image_size / eval_crop_fraction))
+        return from_folder(arg, load_size, validation_fraction, seed)
+    if kind == "npz" and arg:
+        return from_npz(arg, validation_fraction, seed)
+    raise ValueError(
+        f"Unknown dataset. Received: dataset={dataset!r}; accepted: "
+        f"{', '.join(DATASET_FORMS)}"
+    )
+
+
+def load_digits(image_size=32, validation_fraction=0.2, seed=0):
+    """scikit-learn's 1,797 handwritten digits as an RGB image source.
+
+    The 8x8 images (values 0..16) are scaled to [0, 255], upscaled
+    bilinearly to `image_size` and repeated over 3 channels; a stratified
+    split with `seed` holds out `validation_fraction` of them. Works offline:
+    the data ships with scikit-learn.
+
+    Args:
+        image_size: side of the upscaled images.
+        validation_fraction: share held out for validation (0.2: 1,437
+            training and 360 validation images).
+        seed: seed of the split.
+
+    Returns:
+        An `ImageSource` named `"digits"` with 10 classes.
+    """
+    images, labels = digits_images(image_size)
+    return from_arrays(
+        images, labels, validation_fraction=validation_fraction,
+        seed=seed, name="digits",
+        class_names=[str(i) for i in range(10)],
+    )
+
+
+def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
+                validation_fraction=0.1, seed=0, num_classes=None,
+                name="arrays", class_names=None):
+    """An image source over numpy arrays held in memory.
+
+    Args:
+        x_train: images `(N, H, W, 3)`, `(N, H, W, 1)` or `(N, H, W)`, RGB
+            or grey, values in [0, 255] (uint8 or float).
+        y_train: integer labels `(N,)`.
+        x_val, y_val: validation arrays; without them a stratified
+            `validation_fraction` of the training arrays is held out.
+        validation_fraction: see above.
+        seed: seed of the held-out split.
+        num_classes: defaults to `max(label) + 1`.
+        name: the source's name.
+        class_names: optional class names.
+
+    Returns:
+        An `ImageSource`.
+    """
+    x_train = _as_images("x_train", x_train)
+    y_train = _as_labels("y_train", y_train, len(x_train))
+    if (x_val is None) != (y_val is None):
+        raise ValueError(
+            "Pass both `x_val` and `y_val` or neither. Received: "
+            f"x_val is None: {x_val is None}, y_val is None: {y_val is None}"
+        )
+    if x_val is None:
+        train_idx, val_idx = stratified_split(
+            y_train, validation_fraction, seed
+        )
+        x_train, x_val = x_train[train_idx], x_train[val_idx]
+        y_train, y_val = y_train[train_idx], y_train[val_idx]
+    else:
+        x_val = _as_images("x_val", x_val)
+        y_val = _as_labels("y_val", y_val, len(x_val))
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_val.max())) + 1
+
+    def make_train(input_context=None, seed=0):
+        del seed  # The pipeline shuffles.
+        ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        return _shard(ds, input_context)
+
+    def make_val():
+        return tf.data.Dataset.from_tensor_slices((x_val, y_val))
+
+    return ImageSource(
+        name=name, num_classes=num_classes, train_examples=len(x_train),
+        val_examples=len(x_val), make_train=make_train, make_val=make_val,
+        class_names=class_names,
+    )
+
+
+def from_npz(path, validation_fraction=0.1, seed=0):
+    """An array source from a `.npz` file (`x_train`, `y_train`[, `x_val`,
+    `y_val`])."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"No such .npz file. Received: dataset='npz:{path}'"
+        )
+    with np.load(path) as data:
+        missing = {"x_train", "y_train"} - set(data.files)
+        if missing:
+            raise ValueError(
+                f"The .npz file must hold x_train and y_train (and "
+                f"optionally x_val, y_val). Received: {path!r} with "
+                f"{sorted(data.files)}"
+            )
+        arrays = {k: data[k] for k in data.files}
+    return from_arrays(
+        arrays["x_train"], arrays["y_train"], arrays.get("x_val"),
+        arrays.get("y_val"), validation_fraction=validation_fraction,
+        seed=seed, name=f"npz:{path}",
+    )
+
+
+def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
+              train_split=None, val_split=None, validation_fraction=0.1):
+    """A tensorflow-datasets image-classification dataset as a source.
+
+    ImageNet (`imagenet2012`) cannot be downloaded automatically: put
+    `ILSVRC2012_img_train.tar` and `ILSVRC2012_img_val.tar` in `manual_dir`
+    (default `DATA_DIR/downloads/manual`) and the first run prepares it.
+    JPEG-encoded datasets are decoded late, cropping while decoding.
+
+    Args:
+        name: dataset name, optionally with config/version
+            (`"imagenet2012"`, `"cifar10"`, `"tf_flowers"`).
+        data_dir: tensorflow-datasets data directory.
+        manual_dir: directory of manually downloaded archives.
+        download: prepare the dataset if it is not prepared yet.
+        train_split: training split (default `"train"`).
+        val_split: validation split (default: `"validation"`, else `"test"`,
+            else the last `validation_fraction` of `train`, the training
+            split then being the rest).
+        validation_fraction: see `val_split`.
+
+    Returns:
+        An `ImageSource` named `"tfds:NAME"`.
+    """
+    tfds = _import_tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except ValueError as e:  # DatasetNotFoundError is one.
+        raise ValueError(
+            "Unknown tensorflow-datasets dataset. Received: "
+            f"dataset='tfds:{name}'; accepted: any name of "
+            "tfds.list_builders() with image and label features "
+            f"(e.g. imagenet2012, tf_flowers, cifar10). ({e})"
+        ) from e
+    image_key, label_key = _supervised_keys(builder, name)
+    if download and not builder.is_prepared():
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        builder.download_and_prepare(download_config=download_config)
+    splits = dict(builder.info.splits)
+    if val_split is None:
+        val_split = next((s for s in _VALIDATION_SPLITS if s in splits), None)
+    if train_split is None:
+        train_split = "train"
+        if val_split is None:
+            percent = int(round(100 * (1.0 - validation_fraction)))
+            train_split, val_split = f"train[:{percent}%]", (
+                f"train[{percent}%:]"
+            )
+    image_feature = builder.info.features[image_key]
+    decoders = None
+    if getattr(image_feature, "encoding_format", None) == "jpeg":
+        decoders = {image_key: tfds.decode.SkipDecoding()}
+
+    def read(split, input_context=None, seed=None, shuffle_files=False):
+        read_config = tfds.ReadConfig(
+            input_context=input_context, shuffle_seed=seed,
+        )
+        ds = builder.as_dataset(
+            split=split, shuffle_files=shuffle_files, decoders=decoders,
+            read_config=read_config,
+        )
+        return ds.map(
+            lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
+            num_parallel_calls=AUTOTUNE,
+        )
+
+    def make_train(input_context=None, seed=0):
+        return read(train_split, input_context, seed, shuffle_files=True)
+
+    def make_val():
+        return read(val_split)
+
+    label = builder.info.features[label_key]
+    return ImageSource(
+        name=f"tfds:{name}", num_classes=label.num_classes,
+        train_examples=_num_examples(builder, splits, train_split, read),
+        val_examples=_num_examples(builder, splits, val_split, read),
+        make_train=make_train, make_val=make_val,
+        class_names=list(label.names),
+    )
+
+
+def from_folder(path, load_size=256, validation_fraction=0.1, seed=0):
+    """A folder of images as a source.
+
+    Two layouts:
+
+    - `PATH/train/CLASS/*.jpg` and `PATH/{validation,val,test}/CLASS/*.jpg`:
+      read with `tfds.folder_dataset.ImageFolder`, images at their own size.
+    - `PATH/CLASS/*.jpg`: read with `keras.utils.image_dataset_from_directory`
+      (images resized to `load_size`, keeping the aspect ratio by cropping),
+      holding out a `validation_fraction` with `seed`.
+
+    Args:
+        path: the folder.
+        load_size: image side for the flat layout.
+        validation_fraction: held-out share for the flat layout.
+        seed: seed of the held-out split.
+
+    Returns:
+        An `ImageSource` named `"folder:PATH"`.
+    """
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"No such folder. Received: dataset='folder:{path}'"
+        )
+    subdirs = {
+        d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
+    }
+    if "train" in subdirs and subdirs & {"validation", "val", "test"}:
+        return _from_split_folder(path)
+    return _from_class_folder(path, load_size, validation_fraction, seed)
+
+
+def _from_split_folder(path):
+    tfds = _import_tfds()
+    builder = tfds.folder_dataset.ImageFolder(path)
+    splits = dict(builder.info.splits)
+    val_split = next(s for s in ("validation", "val", "test") if s in splits)
+
+    def read(split, input_context=None, shuffle_files=False):
+        ds = builder.as_dataset(
+            split=split, shuffle_files=shuffle_files, as_supervised=True
+        )
+        ds = _shard(ds, input_context)
+        return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+
+    label = builder.info.features["label"]
+    return ImageSource(
+        name=f"folder:{path}", num_classes=label.num_classes,
+        train_examples=splits["train"].num_examples,
+        val_examples=splits[val_split].num_examples,
+        make_train=lambda input_context=None, seed=0: read(
+            "train", input_context, shuffle_files=True
+        ),
+        make_val=lambda: read(val_split),
+        class_names=list(label.names),
+    )
+
+
+def _from_class_folder(path, load_size, validation_fraction, seed):
+    import keras
+
+    common = dict(
+        labels="inferred", label_mode="int", color_mode="rgb",
+        batch_size=None, image_size=(load_size, load_size), shuffle=True,
+        seed=seed, validation_split=validation_fraction,
+        crop_to_aspect_ratio=True, verbose=False,
+    )
+    try:
+        train, val = keras.utils.image_dataset_from_directory(
+            path, subset="both", **common
+        )
+    except ValueError as e:
+        raise ValueError(
+            "Could not read an image folder. Received: "
+            f"dataset='folder:{path}'; accepted: PATH/CLASS/IMAGE or "
+            f"PATH/train/CLASS/IMAGE with PATH/val/CLASS/IMAGE ({e})"
+        ) from e
+    class_names = list(train.class_names)
+    train_count, val_count = len(train.file_paths), len(val.file_paths)
+
+    def make_train(input_context=None, seed=0):
+        del seed
+        ds = train.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+        return _shard(ds, input_context)
+
+    return ImageSource(
+        name=f"folder:{path}", num_classes=len(class_names),
+        train_examples=train_count, val_examples=val_count,
+        make_train=make_train,
+        make_val=lambda: val.map(lambda x, y: (x, tf.cast(y, tf.int32))),
+        class_names=class_names,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Pipelines.
+
+
+def random_resized_crop(image, seed, size, scale=(0.08, 1.0),
+                        ratio=(3.0 / 4.0, 4.0 / 3.0)):
+    """ImageNet-style random crop of area `scale` and aspect `ratio`,
+    resized to `size` x `size` (bilinear). Stateless: same seed, same crop.
+
+    Args:
+        image: `(H, W, C)` image in [0, 255], or JPEG bytes (decoded inside
+            the crop window only).
+        seed: int tensor of shape `(2,)`.
+        size: output side.
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop's width / height.
+
+    Returns:
+        A float32 `(size, size, 3)` image in [0, 255].
+    """
+    encoded = image.dtype == tf.string
+    shape = tf.image.extract_jpeg_shape(image) if encoded else tf.shape(image)
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=float(scale[0]),
+        aspect_ratio_range=tuple(float(r) for r in ratio),
+        area_range=tuple(float(s) for s in scale),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return _crop_and_resize(image, begin[0], begin[1], crop[0], crop[1],
+                            size, encoded)
+
+
+def center_crop(image, size, crop_fraction=0.875):
+    """Evaluation crop: the central square of `crop_fraction` of the shorter
+    side, resized to `size` (i.e. resize to `size / crop_fraction`, then
+    center-crop `size`).
+
+    Args:
+        image: `(H, W, C)` image in [0, 255], or JPEG bytes.
+        size: output side.
+        crop_fraction: side of the crop relative to the shorter side.
+
+    Returns:
+        A float32 `(size, size, 3)` image in [0, 255].
+    """
+    encoded = image.dtype == tf.string
+    shape = tf.image.extract_jpeg_shape(image) if encoded else tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.cast(
+        tf.round(crop_fraction * tf.cast(tf.minimum(height, width),
+                                         tf.float32)),
+        tf.int32,
+    )
+    side = tf.maximum(side, 1)
+    top = (height - side) // 2
+    left = (width - side) // 2
+    return _crop_and_resize(image, top, left, side, side, size, encoded)
+
+
+def _crop_and_resize(image, top, left, height, width, size, encoded):
+    if encoded:
+        window = tf.stack([top, left, height, width])
+        image = tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    else:
+        image = tf.slice(image, tf.stack([top, left, 0]),
+                         tf.stack([height, width, -1]))
+    image = tf.image.resize(image, (size, size), method="bilinear")
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    return tf.ensure_shape(image, (size, size, 3))
+
+
+def train_dataset(source, *, image_size, global_batch_size, preprocess,
+                  strategy=None, scale=(0.08, 1.0),
+                  ratio=(3.0 / 4.0, 4.0 / 3.0), horizontal_flip=True,
+                  shuffle_buffer=10_000, cache=False, seed=0,
+                  deterministic=False, num_classes=None):
+    """The training input: an endless stream of augmented global batches.
+
+    Order: read (sharded per host) -> [cache] -> shuffle -> repeat -> random
+    resized crop [+ flip] with per-example stateless seeds -> per-replica
+    batches (drop remainder) -> `preprocess` -> prefetch.
+
+    Args:
+        source: an `ImageSource`.
+        image_size: output side.
+        global_batch_size: examples per step over all replicas.
+        preprocess: the model's `preprocess_input` (batch in [0, 255] ->
+            model input).
+        strategy: a `tf.distribute.Strategy`; with more than one replica the
+            result is a distributed dataset (one pipeline per host).
+        scale, ratio: random resized crop ranges.
+        horizontal_flip: random left-right flips.
+        shuffle_buffer: shuffle buffer size (capped at the split size).
+        cache: cache the source's examples in memory.
+        seed: seed of the shuffling and the augmentation.
+        deterministic: keep the element order (slower); with a fixed seed
+            the stream is then reproducible.
+        num_classes: one-hot labels with this many classes (for label
+            smoothing); None keeps integer labels.
+
+    Returns:
+        A `tf.data.Dataset` or a distributed dataset.
+    """
+    buffer = max(1, min(shuffle_buffer, source.train_examples))
+
+    def dataset_fn(input_context=None):
+        batch = global_batch_size
+        pipelines, pipeline_id = 1, 0
+        if input_context is not None:
+            batch = input_context.get_per_replica_batch_size(global_batch_size)
+            pipelines = input_context.num_input_pipelines
+            pipeline_id = input_context.input_pipeline_id
+        ds = source.make_train(input_context, seed + pipeline_id)
+        if cache:
+            ds = ds.cache()
+        ds = ds.shuffle(buffer, seed=seed + pipeline_id,
+                        reshuffle_each_iteration=True)
+        ds = ds.repeat().enumerate()
+
+        def augment(index, example):
+            image, label = example
+            element = tf.cast(index, tf.int64) * pipelines + pipeline_id
+            seeds = tf.random.experimental.stateless_split(
+                tf.stack([tf.constant(seed, tf.int64), element]), 2
+            )
+            image = random_resized_crop(image, seeds[0], image_size, scale,
+                                        ratio)
+            if horizontal_flip:
+                image = tf.image.stateless_random_flip_left_right(
+                    image, seeds[1]
+                )
+            return image, label
+
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch, drop_remainder=True)
+        ds = ds.map(_finish(preprocess, num_classes),
+                    num_parallel_calls=AUTOTUNE)
+        ds = ds.with_options(_options(deterministic))
+        return ds.prefetch(AUTOTUNE)
+
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return dataset_fn()
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def eval_dataset(source, *, image_size, global_batch_size, preprocess,
+                 crop_fraction=0.875, cache=False, drop_remainder=False,
+                 num_classes=None):
+    """The evaluation input: center-cropped, preprocessed global batches.
+
+    Keras distributes it over the replicas (each worker reading its share of
+    the examples).
+
+    Args:
+        source: an `ImageSource`.
+        image_size: output side.
+        global_batch_size: examples per step over all replicas.
+        preprocess: the model's `preprocess_input`.
+        crop_fraction: see `center_crop`.
+        cache: cache the source's examples in memory.
+        drop_remainder: drop the last partial batch (TPUs need static
+            shapes).
+        num_classes: one-hot labels with this many classes, or None.
+
+    Returns:
+        A `tf.data.Dataset`.
+    """
+    ds = source.make_val()
+    if cache:
+        ds = ds.cache()
+    ds = ds.map(
+        lambda image, label: (center_crop(image, image_size, crop_fraction),
+                              label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    ds = ds.batch(global_batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(_finish(preprocess, num_classes), num_parallel_calls=AUTOTUNE)
+    options = _options(True)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _finish(preprocess, num_classes):
+    def finish(images, labels):
+        images = preprocess(images)
+        if num_classes:
+            labels = tf.one_hot(labels, num_classes)
+        return images, labels
+
+    return finish
+
+
+def _options(deterministic):
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return options
+
+
+def _shard(ds, input_context):
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines,
+                      input_context.input_pipeline_id)
+    return ds
+
+
+def _as_images(name, x):
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"`{name}` must be images of shape (N, H, W), (N, H, W, 1) or "
+            f"(N, H, W, 3). Received: {name}.shape={x.shape}"
+        )
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if not (np.issubdtype(x.dtype, np.integer)
+            or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(
+            f"`{name}` must hold numbers in [0, 255]. Received: "
+            f"{name}.dtype={x.dtype}"
+        )
+    return x
+
+
+def _as_labels(name, y, count):
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != count or not np.issubdtype(
+        y.dtype, np.integer
+    ) or (count and y.min() < 0):
+        raise ValueError(
+            f"`{name}` must be {count} non-negative integer labels, one per "
+            f"image. Received: {name} of shape {y.shape}, dtype {y.dtype}"
+        )
+    return y.astype("int32")
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - optional extra.
+        raise ImportError(
+            "tfds: and folder: datasets need tensorflow-datasets: "
+            "pip install 'keras-coordatt[datasets]'"
+        ) from e
+    return tfds
+
+
+def _supervised_keys(builder, name):
+    info = builder.info
+    keys = info.supervised_keys
+    ok = isinstance(keys, tuple) and len(keys) == 2 and all(
+        isinstance(k, str) for k in keys
+    )
+    if ok:
+        image, label = info.features[keys[0]], info.features[keys[1]]
+        ok = type(image).__name__ == "Image" and type(
+            label
+        ).__name__ == "ClassLabel"
+    if not ok:
+        raise ValueError(
+            "Not an image-classification dataset (it needs supervised keys "
+            "(image, label) with an Image and a ClassLabel feature). "
+            f"Received: dataset='tfds:{name}' with supervised_keys={keys!r}"
+        )
+    return keys
+
+
+def _num_examples(builder, splits, split, read):
+    if splits:
+        try:
+            return int(builder.info.splits[split].num_examples)
+        except (KeyError, ValueError):
+            pass
+    ds = read(split)
+    count = int(ds.cardinality())
+    if count < 0:
+        count = int(ds.reduce(0, lambda n, _: n + 1))
+    return count

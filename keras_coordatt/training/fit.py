@@ -1,0 +1,466 @@
+"""`train()`: everything around `model.fit`, from a config.
+
+One call builds the strategy, the input pipelines, the model and optimizer
+(inside the strategy's scope, under the right dtype policy), runs the
+training phases with backups, checkpoints and logs, evaluates, and saves the
+model:
+
+    from keras_coordatt.training import train
+    result = train("digits", overrides={"epochs": 3})
+    print(result.metrics, result.model_path)
+
+Files of a run (`output_dir`, default `runs/{model}-{dataset}`):
+
+    config.json                   the resolved TrainConfig
+    training_log.csv              per-epoch metrics and learning rate
+    training_log_frozen.csv       (transfer) the frozen-backbone phase
+    logs/                         TensorBoard
+    checkpoints/best.keras        best validation accuracy so far
+    checkpoints/last.keras        end of the last epoch
+    backup/                       resumable state while the run is unfinished
+    model.keras                   the final model
+    results.json                  final metrics, steps, model path
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from keras_coordatt.training import callbacks as callbacks_lib
+from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.models import build_model
+from keras_coordatt.training.models import preprocess_for
+from keras_coordatt.training.optimizers import build_optimizer
+from keras_coordatt.training.precision import resolve_jit_compile
+from keras_coordatt.training.precision import resolve_precision
+from keras_coordatt.training.precision import set_policy
+from keras_coordatt.training.recipes import TrainConfig
+from keras_coordatt.training.recipes import get_config
+from keras_coordatt.training.schedules import scaled_learning_rate
+from keras_coordatt.training.strategy import device_kind
+from keras_coordatt.training.strategy import get_strategy
+from keras_coordatt.training.strategy import worker_dir
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One `fit` stage: `epochs` epochs at a peak `learning_rate`.
+
+    Attributes:
+        name: `"frozen"` (transfer head warm-up) or `"full"`.
+        epochs: epochs of the phase.
+        learning_rate: peak (batch-scaled) learning rate.
+        warmup_steps: linear warm-up steps at the phase's start.
+        total_steps: optimizer steps of the phase (schedule length).
+        frozen: whether the backbone is frozen.
+    """
+
+    name: str
+    epochs: int
+    learning_rate: float
+    warmup_steps: int
+    total_steps: int
+    frozen: bool
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train()` returns.
+
+    Attributes:
+        model: the trained Keras model.
+        metrics: final evaluation on the validation data (`loss`,
+            `accuracy`, `top5_accuracy` with more than 5 classes).
+        model_path: the saved `.keras` model.
+        output_dir: the run's folder.
+        history: per-epoch logs of the last phase (lists by metric).
+        optimizer_iterations: the last phase's optimizer step count.
+        steps_per_epoch: optimizer steps per epoch.
+        global_batch_size: examples per step over all replicas.
+        learning_rate: peak learning rate of the main phase.
+        resumed_from: the backup state the run resumed from, or None.
+        wall_time: seconds spent in `train()`.
+        config: the resolved `TrainConfig`.
+    """
+
+    model: Optional[keras.Model]
+    metrics: dict
+    model_path: str
+    output_dir: str
+    history: dict
+    optimizer_iterations: int
+    steps_per_epoch: int
+    global_batch_size: int
+    learning_rate: float
+    resumed_from: Optional[dict]
+    wall_time: float
+    config: TrainConfig
+
+
+def default_output_dir(config):
+    """`runs/{model}-{dataset}`, e.g. `runs/mobilenetv2_ca-digits`."""
+    kind, _, arg = config.dataset.partition(":")
+    name = os.path.basename(os.path.normpath(arg)) if kind in (
+        "folder", "npz") else arg or kind
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-") or "data"
+    return os.path.join("runs", f"{config.model}-{slug}")
+
+
+def plan_phases(config, steps_per_epoch, global_batch_size):
+    """The training phases of `config` for a given epoch length and batch.
+
+    A plain run has one `"full"` phase at `base_learning_rate` scaled to the
+    global batch, warming up for `warmup_epochs`. A transfer run with
+    `frozen_epochs` first trains the head on the frozen backbone at that LR
+    (no warm-up), then the whole network at `finetune_learning_rate_factor`
+    times it (with the warm-up).
+
+    Returns:
+        A list of `Phase`.
+    """
+    peak = scaled_learning_rate(
+        config.base_learning_rate, global_batch_size, config.base_batch_size
+    )
+    phases = []
+    if config.transfer and config.frozen_epochs:
+        phases.append(Phase(
+            "frozen", config.frozen_epochs, peak, 0,
+            config.frozen_epochs * steps_per_epoch, True,
+        ))
+    if config.epochs:
+        total = config.epochs * steps_per_epoch
+        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)),
+                     total - 1)
+        factor = config.finetune_learning_rate_factor if config.transfer \
+            else 1.0
+        phases.append(Phase("full", config.epochs, peak * factor, warmup,
+                            total, False))
+    return phases
+
+
+def train(config="digits", *, overrides=None, strategy=None, source=None,
+          resume=False, verbose="auto"):
+    """Trains (or fine-tunes) a model as `config` says.
+
+    Args:
+        config: a `TrainConfig`, a recipe name (`"paper_imagenet"`,
+            `"transfer"`, `"digits"`) or a JSON config path.
+        overrides: dict of config fields to override.
+        strategy: a `tf.distribute.Strategy` or a strategy name; default
+            `config.strategy`.
+        source: an `ImageSource` to use instead of `config.dataset` (e.g.
+            `data.from_arrays(...)`).
+        resume: continue from the backup in the output folder (the epoch and
+            step it reached); a completed run is not trained again.
+        verbose: `Model.fit` verbosity (`"auto"`, 0, 1 progress bars, 2 one
+            line per epoch).
+
+    Returns:
+        A `TrainResult`.
+
+    Raises:
+        ValueError: bad config, a dataset smaller than one batch, or an
+            unfinished run in the output folder without `resume`.
+    """
+    started = time.time()
+    if not isinstance(config, TrainConfig):
+        config = get_config(config)
+    if overrides:
+        config = config.replace(**overrides)
+    if strategy is None or isinstance(strategy, str):
+        strategy = get_strategy(strategy or config.strategy, config.tpu)
+    kind = device_kind(strategy)
+    policy = resolve_precision(config.mixed_precision, kind)
+    jit_compile = resolve_jit_compile(config.jit_compile, kind)
+    output_dir = config.output_dir or default_output_dir(config)
+    run_dir = worker_dir(output_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    backup = callbacks_lib.TrainingBackup(os.path.join(run_dir, "backup"))
+    state = backup.read_state()
+    if state is not None and not resume:
+        raise ValueError(
+            f"{run_dir} holds the backup of an unfinished run (phase "
+            f"{state['phase']}, epoch {state['epoch']}, step "
+            f"{state['step']}). Received: resume=False; pass resume=True "
+            "(--resume) to continue it, or choose another output_dir."
+        )
+    if state is None and resume:
+        done = _completed(run_dir)
+        if done is not None:
+            print(f"Nothing to resume: the run in {run_dir} is complete.",
+                  flush=True)
+            return _result_from_file(done, config, started)
+        print(f"No backup in {run_dir}: starting a new run.", flush=True)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if source is None:
+        source = data_lib.load_source(
+            config.dataset, image_size=config.image_size,
+            validation_fraction=config.validation_fraction, seed=config.seed,
+            data_dir=config.data_dir, manual_dir=config.manual_dir,
+            download=config.download, train_split=config.train_split,
+            val_split=config.val_split,
+            eval_crop_fraction=config.eval_crop_fraction,
+        )
+    global_batch = config.per_replica_batch_size * (
+        strategy.num_replicas_in_sync
+    )
+    steps_per_epoch = source.train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The training split has {source.train_examples} examples, fewer "
+            f"than one global batch. Received: per_replica_batch_size="
+            f"{config.per_replica_batch_size} x "
+            f"{strategy.num_replicas_in_sync} replicas = {global_batch}"
+        )
+    if state is not None and state.get("steps_per_epoch") not in (
+        None, steps_per_epoch
+    ):
+        raise ValueError(
+            "The backup was written with "
+            f"{state['steps_per_epoch']} steps per epoch, this run has "
+            f"{steps_per_epoch} (global batch {global_batch}). Resume with "
+            "the batch size and number of replicas of the interrupted run. "
+            f"Received: per_replica_batch_size={config.per_replica_batch_size}"
+        )
+    phases = plan_phases(config, steps_per_epoch, global_batch)
+    one_hot = source.num_classes if config.label_smoothing else None
+    preprocess = preprocess_for(config.model)
+    # A resumed run must not replay the data order of the run's start.
+    data_seed = config.seed + (
+        1_000_003 * state["phase"] + state["iterations"] if state else 0
+    )
+    train_data = data_lib.train_dataset(
+        source, image_size=config.image_size, global_batch_size=global_batch,
+        preprocess=preprocess, strategy=strategy,
+        scale=config.random_crop_scale, ratio=config.random_crop_ratio,
+        horizontal_flip=config.horizontal_flip,
+        shuffle_buffer=config.shuffle_buffer, cache=config.cache,
+        seed=data_seed, deterministic=config.deterministic,
+        num_classes=one_hot,
+    )
+    val_data = data_lib.eval_dataset(
+        source, image_size=config.image_size, global_batch_size=global_batch,
+        preprocess=preprocess, crop_fraction=config.eval_crop_fraction,
+        cache=config.cache, drop_remainder=kind == "tpu",
+        num_classes=one_hot,
+    )
+
+    previous_policy = set_policy(policy)
+    try:
+        with strategy.scope():
+            model, backbone = build_model(
+                config.model, source.num_classes,
+                image_size=config.image_size, alpha=config.alpha,
+                weights=config.weights, reduction=config.reduction,
+                attention=config.attention, transfer=config.transfer,
+                head_dropout=config.head_dropout,
+                finetune_batchnorm=config.finetune_batchnorm, policy=policy,
+            )
+        if state is None:
+            _clear_logs(run_dir)
+        with open(os.path.join(run_dir, CONFIG_FILE), "w",
+                  encoding="utf-8") as f:
+            json.dump(config.to_dict(), f, indent=2)
+        print(
+            f"Training {model.name} on {source.name}: "
+            f"{source.train_examples} training / {source.val_examples} "
+            f"validation images, {source.num_classes} classes; "
+            f"{strategy.num_replicas_in_sync} replica(s) on {kind}, global "
+            f"batch {global_batch}, {steps_per_epoch} steps/epoch, "
+            f"policy {policy}, XLA {'on' if jit_compile else 'off'}.",
+            flush=True,
+        )
+        if config.tensorboard and not callbacks_lib.tensorboard_available():
+            print("TensorBoard logs skipped: the tensorboard package is not "
+                  "installed.", flush=True)
+        best = state.get("best") if state else None
+        history = {}
+        for index, phase in enumerate(phases):
+            if state is not None and index < state["phase"]:
+                continue
+            history, best = _run_phase(
+                model, backbone, phase, index, config, strategy,
+                jit_compile, one_hot, train_data, val_data, run_dir, backup,
+                state if state and index == state["phase"] else None,
+                best, steps_per_epoch, verbose,
+            )
+        metrics = model.evaluate(val_data, return_dict=True, verbose=0)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        model_path = os.path.join(run_dir, MODEL_FILE)
+        model.save(model_path)
+        iterations = int(model.optimizer.iterations.numpy())
+        result = TrainResult(
+            model=model, metrics=metrics, model_path=model_path,
+            output_dir=run_dir, history=history,
+            optimizer_iterations=iterations,
+            steps_per_epoch=steps_per_epoch, global_batch_size=global_batch,
+            learning_rate=phases[-1].learning_rate, resumed_from=state,
+            wall_time=time.time() - started, config=config,
+        )
+        _write_results(result)
+        backup.clear()
+        return result
+    finally:
+        set_policy(previous_policy)
+
+
+def _run_phase(model, backbone, phase, index, config, strategy, jit_compile,
+               one_hot, train_data, val_data, run_dir, backup, state, best,
+               steps_per_epoch, verbose):
+    """Compiles for `phase`, restores/marks the backup, fits; returns the
+    phase's history and the best monitored value."""
+    if backbone is not None:
+        backbone.trainable = not phase.frozen
+    with strategy.scope():
+        optimizer = build_optimizer(
+            model, optimizer=config.optimizer,
+            learning_rate=phase.learning_rate, total_steps=phase.total_steps,
+            warmup_steps=phase.warmup_steps,
+            final_fraction=config.final_learning_rate_fraction,
+            momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+        model.compile(
+            optimizer=optimizer, loss=_loss(config, one_hot),
+            metrics=_metrics(model, one_hot), jit_compile=jit_compile,
+            steps_per_execution=config.steps_per_execution,
+        )
+        # Creating the optimizer's variables now, not in the first step,
+        # spares tf.function a second trace of the train step (it re-traces
+        # functions that create variables): half the start-up time.
+        model.optimizer.build(model.trainable_variables)
+    tag = "" if phase.name == "full" else phase.name
+    extra = {"steps_per_epoch": steps_per_epoch}
+    callbacks, backup_callback, best_checkpoint = (
+        callbacks_lib.make_callbacks(
+            run_dir, backup=backup, save_every=config.backup_every,
+            phase=index, tag=tag, tensorboard=config.tensorboard, best=best,
+            extra=extra,
+        )
+    )
+    epoch, step = 0, 0
+    if state is not None:
+        backup.restore(model, state)
+        epoch, step = state["epoch"], state["step"]
+        callbacks_lib.truncate_csv(
+            callbacks_lib.csv_log_path(run_dir, tag), epoch
+        )
+        print(
+            f"Resumed from the backup: phase {phase.name}, epoch "
+            f"{epoch + 1}/{phase.epochs}, step {step}/{steps_per_epoch}, "
+            f"optimizer step {state['iterations']}.",
+            flush=True,
+        )
+    elif index > 0:
+        # Phase boundary: a restart resumes here, with this phase's
+        # optimizer.
+        backup.save(model, phase=index, epoch=0, step=0, best=best, **extra)
+    history = {}
+    fit = dict(
+        x=train_data, validation_data=val_data, callbacks=callbacks,
+        verbose=verbose, shuffle=False,
+    )
+    if 0 < step < steps_per_epoch and epoch < phase.epochs:
+        # Finish the interrupted epoch with exactly its missing steps.
+        backup_callback.step_offset = step
+        _merge(history, model.fit(
+            initial_epoch=epoch, epochs=epoch + 1,
+            steps_per_epoch=steps_per_epoch - step, **fit,
+        ))
+        epoch += 1
+    if epoch < phase.epochs:
+        _merge(history, model.fit(
+            initial_epoch=epoch, epochs=phase.epochs,
+            steps_per_epoch=steps_per_epoch, **fit,
+        ))
+    return history, best_checkpoint.best
+
+
+def _loss(config, one_hot):
+    if one_hot:
+        return keras.losses.CategoricalCrossentropy(
+            label_smoothing=config.label_smoothing
+        )
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def _metrics(model, one_hot):
+    classes = model.outputs[0].shape[-1]
+    if one_hot:
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        top = keras.metrics.TopKCategoricalAccuracy
+    else:
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        top = keras.metrics.SparseTopKCategoricalAccuracy
+    if classes > 5:
+        metrics.append(top(k=5, name="top5_accuracy"))
+    return metrics
+
+
+def _merge(history, fit_history):
+    for key, values in fit_history.history.items():
+        history.setdefault(key, []).extend(values)
+
+
+def _clear_logs(run_dir):
+    """A new run in an existing folder replaces its logs."""
+    for name in os.listdir(run_dir):
+        if name.startswith("training_log") and name.endswith(".csv"):
+            os.remove(os.path.join(run_dir, name))
+    shutil.rmtree(os.path.join(run_dir, "logs"), ignore_errors=True)
+
+
+def _write_results(result):
+    data = {
+        "completed": True,
+        "metrics": result.metrics,
+        "model_path": result.model_path,
+        "optimizer_iterations": result.optimizer_iterations,
+        "steps_per_epoch": result.steps_per_epoch,
+        "global_batch_size": result.global_batch_size,
+        "learning_rate": result.learning_rate,
+        "resumed_from": result.resumed_from,
+        "wall_time": result.wall_time,
+    }
+    with open(os.path.join(result.output_dir, RESULTS_FILE), "w",
+              encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+
+
+def _completed(run_dir):
+    path = os.path.join(run_dir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data if data.get("completed") else None
+
+
+def _result_from_file(data, config, started):
+    model = None
+    if os.path.exists(data["model_path"]):
+        model = keras.saving.load_model(data["model_path"])
+    return TrainResult(
+        model=model, metrics=data["metrics"], model_path=data["model_path"],
+        output_dir=os.path.dirname(data["model_path"]), history={},
+        optimizer_iterations=data["optimizer_iterations"],
+        steps_per_epoch=data["steps_per_epoch"],
+        global_batch_size=data["global_batch_size"],
+        learning_rate=data["learning_rate"],
+        resumed_from=data.get("resumed_from"),
+        wall_time=time.time() - started, config=config,
+    )

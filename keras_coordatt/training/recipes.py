@@ -1,0 +1,519 @@
+"""Training configurations: one dataclass, named recipes, overrides.
+
+A `TrainConfig` is plain data: every field has a default, `to_dict()` gives
+JSON-ready values and `TrainConfig.from_dict()` / `config.replace()` check
+what they receive. Three recipes ship with the package:
+
+- `paper_imagenet`: the coordinate attention paper's ImageNet setting.
+- `transfer`: frozen-backbone warm-up, then full fine-tuning at a lower LR.
+- `digits`: the offline demo (scikit-learn's 8x8 digits), a few CPU minutes.
+
+`get_config("digits", {"epochs": 3})` or `get_config("my.json", ...)` gives a
+recipe with overrides; `parse_overrides(["epochs=3", "alpha=0.5"])` turns
+command-line `key=value` pairs into such a dict.
+"""
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Optional, Tuple, Union
+
+MODEL_NAMES = ("mobilenetv2_ca", "mobilenext_ca")
+OPTIMIZERS = ("sgd", "adamw")
+STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything `train()` needs besides the data itself.
+
+    Model:
+        model: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
+        alpha: width multiplier.
+        reduction: reduction ratio of the attention blocks.
+        attention: False trains the plain network (the paper's baseline).
+        weights: `None` (random init), `"imagenet"` or a weights file. With
+            `transfer`, the weights of the backbone.
+        transfer: replace the classifier by a fresh one on the pooled
+            backbone (dropout `head_dropout`, dense softmax).
+        head_dropout: dropout rate of the transfer head.
+        finetune_batchnorm: with `transfer`, let the backbone's BatchNorm
+            layers use batch statistics once unfrozen. False (the Keras
+            transfer-learning guide's advice) keeps them in inference mode.
+
+    Data:
+        dataset: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"npz:PATH"`.
+        data_dir: tensorflow-datasets data directory.
+        manual_dir: directory of manually downloaded archives (ImageNet's
+            `ILSVRC2012_img_{train,val}.tar`); default `DATA_DIR/downloads/
+            manual`.
+        download: whether tensorflow-datasets may download and prepare a
+            dataset that is not prepared yet.
+        train_split, val_split: tensorflow-datasets split names; by default
+            `train` and the first of `validation`, `test`, else the last
+            `validation_fraction` of `train`.
+        validation_fraction: share of the training data held out when the
+            dataset has no validation split (stratified for arrays).
+        image_size: side of the square training and evaluation images.
+        random_crop_scale: area range of the random resized crop, as a
+            fraction of the image.
+        random_crop_ratio: aspect-ratio range of the random resized crop.
+        horizontal_flip: random left-right flips in training.
+        eval_crop_fraction: evaluation takes the central square of this
+            fraction of the shorter side, resized to `image_size` (0.875 is
+            "resize to 256, center crop 224").
+        shuffle_buffer: examples in the training shuffle buffer.
+        cache: cache the decoded training/validation examples in memory.
+        deterministic: reproducible runs: ordered `tf.data`, deterministic
+            TensorFlow ops (slower).
+        seed: seed of the initialisation, the shuffling and the augmentation.
+
+    Optimisation:
+        epochs: epochs of full training (after `frozen_epochs`).
+        frozen_epochs: epochs with a frozen backbone first (`transfer` only).
+        per_replica_batch_size: batch per accelerator; the global batch is
+            this times the number of replicas.
+        optimizer: `"sgd"` (momentum) or `"adamw"`.
+        base_learning_rate: peak learning rate for a global batch of
+            `base_batch_size`; the run uses
+            `base_learning_rate * global_batch / base_batch_size`.
+        base_batch_size: reference batch of the linear scaling rule.
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum.
+        weight_decay: Keras' decoupled weight decay, applied every step as
+            `w -= lr * weight_decay * w` to kernels only (never to BatchNorm
+            scales/offsets or biases).
+        warmup_epochs: linear warm-up from 0 to the peak LR (full training
+            phase), then a cosine decay to `final_learning_rate_fraction *
+            peak` at the end of training.
+        final_learning_rate_fraction: where the cosine ends, relative to the
+            peak.
+        finetune_learning_rate_factor: with `transfer`, the LR of the
+            full-network phase relative to the frozen phase.
+        label_smoothing: label smoothing of the cross-entropy.
+
+    Runtime:
+        strategy: `"auto"`, `"tpu"`, `"gpu"`, `"cpu"` or `"multi_worker"`
+            (see `keras_coordatt.training.get_strategy`).
+        tpu: TPU name or address (`"local"` on a TPU VM).
+        mixed_precision: `"auto"` (bfloat16 on TPU, float16 with loss
+            scaling on GPU, float32 on CPU) or a Keras policy name.
+        jit_compile: `"auto"` (XLA on GPU and TPU, off on CPU) or a bool.
+        steps_per_execution: training steps per `tf.function` call.
+        output_dir: where checkpoints, logs and the model go; default
+            `runs/{model}-{dataset}`.
+        backup_every: back up the training state every this many steps
+            (besides every epoch end); 0 backs up at epoch ends only.
+        tensorboard: write TensorBoard logs.
+    """
+
+    # Model.
+    model: str = "mobilenetv2_ca"
+    alpha: float = 1.0
+    reduction: int = 32
+    attention: bool = True
+    weights: Optional[str] = None
+    transfer: bool = False
+    head_dropout: float = 0.2
+    finetune_batchnorm: bool = False
+    # Data.
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
+    download: bool = True
+    train_split: Optional[str] = None
+    val_split: Optional[str] = None
+    validation_fraction: float = 0.1
+    image_size: int = 224
+    random_crop_scale: Tuple[float, float] = (0.08, 1.0)
+    random_crop_ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    horizontal_flip: bool = True
+    eval_crop_fraction: float = 0.875
+    shuffle_buffer: int = 10_000
+    cache: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    # Optimisation.
+    epochs: int = 200
+    frozen_epochs: int = 0
+    per_replica_batch_size: int = 64
+    optimizer: str = "sgd"
+    base_learning_rate: float = 0.05
+    base_batch_size: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 4e-4
+    warmup_epochs: float = 5.0
+    final_learning_rate_fraction: float = 0.0
+    finetune_learning_rate_factor: float = 0.1
+    label_smoothing: float = 0.0
+    # Runtime.
+    strategy: str = "auto"
+    tpu: Optional[str] = None
+    mixed_precision: str = "auto"
+    jit_compile: Union[bool, str] = "auto"
+    steps_per_execution: int = 1
+    output_dir: Optional[str] = None
+    backup_every: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        hints = _hints()
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name),
+                            hints[field.name])
+            object.__setattr__(self, field.name, value)
+        self._check()
+
+    def _check(self):
+        _choice("model", self.model, MODEL_NAMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("strategy", self.strategy, STRATEGY_NAMES)
+        _choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        if isinstance(self.jit_compile, str):
+            _choice("jit_compile", self.jit_compile, ("auto", True, False))
+        for name in ("alpha", "base_learning_rate", "eval_crop_fraction"):
+            _at_least(name, getattr(self, name), 0.0, strict=True)
+        for name in ("reduction", "image_size", "per_replica_batch_size",
+                     "base_batch_size", "shuffle_buffer",
+                     "steps_per_execution"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("epochs", "frozen_epochs", "backup_every",
+                     "warmup_epochs", "weight_decay", "momentum",
+                     "final_learning_rate_fraction", "label_smoothing",
+                     "head_dropout", "finetune_learning_rate_factor"):
+            _at_least(name, getattr(self, name), 0)
+        if self.image_size < 32:
+            raise ValueError(
+                "`image_size` must be at least 32 (the models' minimum "
+                f"input). Received: image_size={self.image_size}"
+            )
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                "`validation_fraction` must be in (0, 1). "
+                f"Received: validation_fraction={self.validation_fraction}"
+            )
+        if self.eval_crop_fraction > 1.0:
+            raise ValueError(
+                "`eval_crop_fraction` must be in (0, 1]. "
+                f"Received: eval_crop_fraction={self.eval_crop_fraction}"
+            )
+        for name in ("random_crop_scale", "random_crop_ratio"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high or (
+                name == "random_crop_scale" and high > 1.0
+            ):
+                raise ValueError(
+                    f"`{name}` must be a (low, high) pair with 0 < low <= "
+                    f"high{' <= 1' if name == 'random_crop_scale' else ''}. "
+                    f"Received: {name}={(low, high)}"
+                )
+        if self.frozen_epochs and not self.transfer:
+            raise ValueError(
+                "`frozen_epochs` needs `transfer=True` (only a transfer "
+                "model has a backbone to freeze). Received: "
+                f"frozen_epochs={self.frozen_epochs}, transfer=False"
+            )
+        if self.epochs + self.frozen_epochs < 1:
+            raise ValueError(
+                "Nothing to train: `epochs` + `frozen_epochs` must be >= 1. "
+                f"Received: epochs={self.epochs}, "
+                f"frozen_epochs={self.frozen_epochs}"
+            )
+
+    def replace(self, **overrides):
+        """Returns a copy with `overrides` applied (checked like the rest)."""
+        _check_keys(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self):
+        """Returns the config as JSON-ready plain values."""
+        data = dataclasses.asdict(self)
+        for name in ("random_crop_scale", "random_crop_ratio"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        """Builds a config from a dict, rejecting unknown keys."""
+        if not isinstance(data, dict):
+            raise ValueError(
+                "A training config must be a JSON object / dict of fields. "
+                f"Received: {type(data).__name__}"
+            )
+        _check_keys(data)
+        return cls(**data)
+
+
+def _paper_imagenet():
+    # Coordinate attention paper, section 4.1 (experiment setup): SGD with
+    # momentum 0.9, weight decay 4e-5, cosine schedule from 0.05, batch 256 on
+    # 4 GPUs (64 per replica), 200 epochs, MobileNetV2's augmentation (random
+    # resized crop + flip), no label smoothing / mixup / RandAugment /
+    # random erasing. Two deliberate translations:
+    # - PyTorch's SGD adds the decay to the gradient, where momentum 0.9
+    #   amplifies it 1 / (1 - 0.9) = 10x at steady state; Keras' decay is
+    #   decoupled (w -= lr * wd * w, not through momentum), so the equivalent
+    #   Keras value is 4e-5 / (1 - 0.9) = 4e-4.
+    # - 5 warm-up epochs (Goyal et al.), so that linearly scaled LRs on
+    #   large TPU/GPU batches start safely; `warmup_epochs=0` is the paper's
+    #   schedule to the letter.
+    return TrainConfig(
+        model="mobilenetv2_ca",
+        alpha=1.0,
+        dataset="tfds:imagenet2012",
+        image_size=224,
+        random_crop_scale=(0.08, 1.0),
+        random_crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+        horizontal_flip=True,
+        eval_crop_fraction=0.875,
+        epochs=200,
+        per_replica_batch_size=64,
+        optimizer="sgd",
+        base_learning_rate=0.05,
+        base_batch_size=256,
+        momentum=0.9,
+        weight_decay=4e-4,
+        warmup_epochs=5,
+        final_learning_rate_fraction=0.0,
+        label_smoothing=0.0,
+        backup_every=1000,
+    )
+
+
+def _transfer():
+    # Fine-tuning ImageNet weights on a new classification task: 3 epochs
+    # training only a new head on the frozen backbone (BatchNorm in inference
+    # mode), then the whole network at a 10x lower LR.
+    return TrainConfig(
+        model="mobilenetv2_ca",
+        alpha=1.0,
+        weights="imagenet",
+        transfer=True,
+        head_dropout=0.2,
+        dataset="tfds:tf_flowers",
+        image_size=224,
+        random_crop_scale=(0.25, 1.0),
+        frozen_epochs=3,
+        epochs=10,
+        per_replica_batch_size=32,
+        optimizer="sgd",
+        base_learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=4e-5,
+        warmup_epochs=1,
+        finetune_learning_rate_factor=0.1,
+        backup_every=0,
+    )
+
+
+def _digits():
+    # The offline demo: scikit-learn's 1,797 8x8 digits upscaled to 32x32,
+    # MobileNetV2-CA at alpha 0.35 from scratch, the paper's optimizer and
+    # peak LR (0.05 per 256 images: 0.0125 at batch 64). No flips (a mirrored
+    # 2 is not a 2), mild crops, the whole image at evaluation.
+    return TrainConfig(
+        model="mobilenetv2_ca",
+        alpha=0.35,
+        dataset="digits",
+        validation_fraction=0.2,
+        image_size=32,
+        random_crop_scale=(0.8, 1.0),
+        random_crop_ratio=(0.8, 1.25),
+        horizontal_flip=False,
+        eval_crop_fraction=1.0,
+        epochs=12,
+        per_replica_batch_size=64,
+        optimizer="sgd",
+        base_learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        warmup_epochs=2,
+        backup_every=0,
+    )
+
+
+RECIPES = {
+    "paper_imagenet": _paper_imagenet,
+    "transfer": _transfer,
+    "digits": _digits,
+}
+
+
+def get_config(name_or_path="digits", overrides=None):
+    """Returns a recipe (by name) or a JSON config file, with overrides.
+
+    Args:
+        name_or_path: one of `RECIPES` (`"paper_imagenet"`, `"transfer"`,
+            `"digits"`) or the path to a JSON file holding a dict of
+            `TrainConfig` fields (missing fields take the dataclass
+            defaults; a `"recipe"` key names a recipe to start from).
+        overrides: optional dict of field values applied last.
+
+    Returns:
+        A `TrainConfig`.
+
+    Raises:
+        ValueError: unknown recipe, unreadable file, unknown field, or a
+            value of the wrong type or range.
+    """
+    if isinstance(name_or_path, TrainConfig):
+        config = name_or_path
+    elif name_or_path in RECIPES:
+        config = RECIPES[name_or_path]()
+    elif isinstance(name_or_path, (str, os.PathLike)) and os.path.isfile(
+        name_or_path
+    ):
+        config = _from_json(os.fspath(name_or_path))
+    else:
+        raise ValueError(
+            "`config` must be a recipe name or a JSON file. Received: "
+            f"config={name_or_path!r}; recipes: {', '.join(RECIPES)}"
+        )
+    return config.replace(**(overrides or {}))
+
+
+def _from_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"Could not read the config file. Received: config={path!r} "
+            f"({e})"
+        ) from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"The config file must hold a JSON object. Received: {path!r} "
+            f"holds a {type(data).__name__}"
+        )
+    data = dict(data)
+    recipe = data.pop("recipe", None)
+    base = get_config(recipe) if recipe is not None else TrainConfig()
+    return base.replace(**data)
+
+
+def parse_overrides(pairs):
+    """Parses `["key=value", ...]` into a dict of config overrides.
+
+    Values are read as JSON when they parse (`3`, `0.5`, `true`, `null`,
+    `[0.5, 1.0]`), else kept as strings; `TrainConfig` then checks them.
+
+    Args:
+        pairs: iterable of `key=value` strings.
+
+    Returns:
+        A dict.
+
+    Raises:
+        ValueError: a pair without `=`, or an unknown key.
+    """
+    overrides = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(
+                "Overrides must look like `key=value`. Received: "
+                f"{pair!r}"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key] = value
+    _check_keys(overrides)
+    return overrides
+
+
+def field_names():
+    """The names of all `TrainConfig` fields."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _check_keys(data):
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s): {', '.join(unknown)}. Accepted keys: "
+            f"{', '.join(field_names())}"
+        )
+
+
+_HINTS = None
+
+
+def _hints():
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(TrainConfig)
+    return _HINTS
+
+
+def _coerce(name, value, hint):
+    """Checks `value` against the field's annotation, converting losslessly."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, hint)
+    if origin is Union:  # Union[bool, str]: jit_compile
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, (bool, str)):
+            return value
+        raise _type_error(name, value, "a bool or 'auto'")
+    if origin in (tuple, Tuple):
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+        raise _type_error(name, value, f"a list of {len(args)} numbers")
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+        raise _type_error(name, value, "true or false")
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(name, value, "an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(name, value, "a number")
+    if hint is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            return value
+        raise _type_error(name, value, "a string")
+    return value
+
+
+def _type_error(name, value, expected):
+    return ValueError(
+        f"Config key `{name}` must be {expected}. Received: {name}={value!r}"
+    )
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Unknown {name}. Received: {name}={value!r}; accepted: "
+            f"{', '.join(repr(c) for c in choices)}"
+        )
+
+
+def _at_least(name, value, minimum, strict=False):
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(
+            f"`{name}` must be {relation} {minimum}. Received: "
+            f"{name}={value!r}"
+        )

@@ -1,0 +1,180 @@
+"""Distribution strategies: one call from a laptop to a TPU pod.
+
+`get_strategy("auto")` returns a `TPUStrategy` when a TPU cluster resolves,
+else a `MirroredStrategy` over the local GPUs, else TensorFlow's default
+strategy. Build the model and the optimizer inside `strategy.scope()`
+(`keras_coordatt.training.train` does).
+
+TPU and multi-worker strategies must be created before TensorFlow runs any
+op, so call `get_strategy` first thing in the program.
+"""
+
+import json
+import os
+
+import keras
+
+STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
+# Environment variables that name a TPU (Cloud TPU nodes, Colab, TPU VMs).
+_TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR")
+
+
+def _tf():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "keras_coordatt.training uses tf.distribute and tf.data and "
+            "needs the TensorFlow backend. Set KERAS_BACKEND=tensorflow. "
+            f"Current backend: {keras.backend.backend()!r}"
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def get_strategy(name="auto", tpu=None):
+    """Returns the `tf.distribute.Strategy` for `name`.
+
+    Args:
+        name: one of
+            - `"auto"`: a TPU if a TPU cluster resolves (`tpu`, `TPU_NAME`,
+              `COLAB_TPU_ADDR`, or a TPU VM's local chips), else
+              `MirroredStrategy` over all local GPUs if there is one, else
+              the default strategy (one CPU device).
+            - `"tpu"`: `TPUStrategy`; fails when no TPU resolves.
+            - `"gpu"`: `MirroredStrategy` over all local GPUs; fails without
+              one.
+            - `"cpu"`: the CPU only: `OneDeviceStrategy("/cpu:0")`, or a
+              `MirroredStrategy` over the logical CPU devices when they were
+              split into several (`tf.config.set_logical_device_
+              configuration`, as tests do).
+            - `"multi_worker"`: `MultiWorkerMirroredStrategy` from the
+              cluster described in the `TF_CONFIG` environment variable.
+        tpu: TPU name or gRPC address for `"auto"`/`"tpu"`; `"local"` on a
+            TPU VM.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: unknown `name`, or the hardware/cluster it names is not
+            there.
+    """
+    tf = _tf()
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"Unknown strategy. Received: strategy={name!r}; accepted: "
+            f"{', '.join(STRATEGIES)}"
+        )
+    if name in ("auto", "tpu"):
+        resolver = _resolve_tpu(tf, tpu, required=name == "tpu")
+        if resolver is not None:
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+    if name in ("auto", "gpu"):
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        if name == "gpu":
+            raise ValueError(
+                "strategy='gpu' needs at least one GPU and TensorFlow sees "
+                "none (tf.config.list_logical_devices('GPU') is empty). "
+                "Accepted alternatives: 'auto', 'cpu'."
+            )
+        return tf.distribute.get_strategy()
+    if name == "cpu":
+        cpus = tf.config.list_logical_devices("CPU")
+        if len(cpus) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    # multi_worker
+    if not os.environ.get("TF_CONFIG"):
+        raise ValueError(
+            "strategy='multi_worker' reads the cluster from the TF_CONFIG "
+            "environment variable, which is not set. Received: "
+            "TF_CONFIG=None; accepted: a JSON cluster spec, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        )
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            "TF_CONFIG must be JSON. Received: "
+            f"TF_CONFIG={os.environ['TF_CONFIG']!r} ({e})"
+        ) from e
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _resolve_tpu(tf, tpu, required):
+    """Returns a connected-ready TPU cluster resolver, or None."""
+    candidates = [tpu] if tpu else []
+    candidates += [os.environ[k] for k in _TPU_ENV if os.environ.get(k)]
+    if not candidates and os.path.exists("/dev/accel0"):
+        candidates.append("local")  # TPU VM.
+    if not candidates and required:
+        candidates.append(None)  # Let TensorFlow try its own discovery.
+    errors = []
+    for candidate in candidates:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu=candidate
+            )
+            if candidate != "local":
+                resolver.master()  # Raises when nothing answers.
+            return resolver
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            errors.append(f"{candidate!r}: {e}")
+    if required:
+        raise ValueError(
+            "strategy='tpu' found no TPU. Received: "
+            f"tpu={tpu!r}; tried {'; '.join(errors) or 'nothing'}. Accepted: "
+            "a TPU name or grpc:// address (argument `tpu` or TPU_NAME), or "
+            "'local' on a TPU VM."
+        )
+    return None
+
+
+def device_kind(strategy):
+    """Returns `"tpu"`, `"gpu"` or `"cpu"`: where `strategy` computes."""
+    tf = _tf()
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu"
+    try:
+        devices = strategy.extended.worker_devices
+    except (AttributeError, NotImplementedError, RuntimeError):
+        devices = None  # The default strategy: wherever TF places ops.
+    if not devices:
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    names = " ".join(devices).upper()
+    return "gpu" if "GPU" in names else "cpu"
+
+
+def is_chief(strategy):
+    """Whether this worker writes the run's files (always, off clusters)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type in (None, "chief"):
+        return True
+    task_id = getattr(resolver, "task_id", 0) or 0
+    try:
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+    except (AttributeError, ValueError, RuntimeError):
+        has_chief = False
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_dir(output_dir, strategy):
+    """`output_dir` on the chief, a private subfolder on other workers.
+
+    Every worker of a multi-worker run runs the same callbacks and saves,
+    but only the chief's files are the run's; the others write (and restore
+    their backups) under `output_dir/workers/TYPE-ID`. The folder must be
+    on storage every worker sees after a restart (GCS, NFS).
+    """
+    if is_chief(strategy):
+        return output_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(
+        output_dir, "workers", f"{resolver.task_type}-{resolver.task_id}"
+    )
