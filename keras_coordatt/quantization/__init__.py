@@ -1,0 +1,60 @@
+"""Quantization: a native Keras 3 QAT recipe and int8 TFLite conversion.
+
+- `quantize_model(model)` returns the float model's quantization-aware twin
+  (BatchNorm folded, per-channel int8 weights, int8 activations with
+  moving-average ranges), trainable with `model.fit` on TensorFlow and JAX
+  and saved as `.keras`;
+- `convert_float`, `convert_ptq` (post-training int8, the baseline) and
+  `convert_qat` write `.tflite` models; the int8 ones are checked by
+  `check_int8` (no float compute op, no Flex op);
+- `evaluate_tflite` measures a `.tflite` model with the LiteRT interpreter;
+- `tfmot_quantize` runs the tfmot recipe (the baseline for tf_keras users:
+  the same network rebuilt in tf_keras, tfmot QAT, full-int8 TFLite) in a
+  subprocess, from the plain description `export_tf_keras_description`
+  writes; it needs the `tfmot` extra, and this process never imports tfmot
+  or tf_keras (see `tfmot_bridge` and `tfmot_recipe`).
+
+Nothing here imports TensorFlow at import time; the converters import it
+when called (they need the TensorFlow backend).
+"""
+
+from keras_coordatt.quantization.convert import check_int8
+from keras_coordatt.quantization.convert import convert_float
+from keras_coordatt.quantization.convert import convert_ptq
+from keras_coordatt.quantization.convert import convert_qat
+from keras_coordatt.quantization.convert import inspect_tflite
+from keras_coordatt.quantization.evaluate import evaluate_tflite
+from keras_coordatt.quantization.evaluate import predict_tflite
+from keras_coordatt.quantization.layers import ActivationQuantizer
+from keras_coordatt.quantization.layers import QuantConv2D
+from keras_coordatt.quantization.layers import QuantCoordinateAttention
+from keras_coordatt.quantization.layers import QuantDense
+from keras_coordatt.quantization.qat import SUPPORTED_LAYERS
+from keras_coordatt.quantization.qat import calibrate
+from keras_coordatt.quantization.qat import quantize_model
+from keras_coordatt.quantization.tfmot_bridge import \
+    export_tf_keras_description
+from keras_coordatt.quantization.tfmot_bridge import tf_keras_float_outputs
+from keras_coordatt.quantization.tfmot_bridge import tfmot_available
+from keras_coordatt.quantization.tfmot_bridge import tfmot_quantize
+
+__all__ = [
+    "ActivationQuantizer",
+    "QuantConv2D",
+    "QuantCoordinateAttention",
+    "QuantDense",
+    "SUPPORTED_LAYERS",
+    "calibrate",
+    "check_int8",
+    "convert_float",
+    "convert_ptq",
+    "convert_qat",
+    "evaluate_tflite",
+    "export_tf_keras_description",
+    "inspect_tflite",
+    "predict_tflite",
+    "quantize_model",
+    "tf_keras_float_outputs",
+    "tfmot_available",
+    "tfmot_quantize",
+]

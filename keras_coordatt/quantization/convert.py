@@ -1,0 +1,273 @@
+"""Keras -> TFLite conversion: float, post-training int8, QAT int8.
+
+Every converter here needs the TensorFlow backend (the TFLite converter
+traces TF graphs). A QAT twin trained on JAX or PyTorch converts after a
+`.keras` round trip in a TensorFlow process.
+
+The int8 converters restrict the op set to `TFLITE_BUILTINS_INT8` (never
+`SELECT_TF_OPS`, so nothing silently becomes a Flex op) and check the result
+with `check_int8`, which raises naming any op that would compute in float.
+"""
+
+import os
+
+import numpy as np
+
+# Ops allowed to touch float tensors: the (de)quantization at the model's
+# float inputs and outputs.
+_IO_OPS = ("QUANTIZE", "DEQUANTIZE")
+# Tensor types of an int8 model: int8 activations and weights, int32
+# biases and shape operands.
+_INT8_TYPES = ("int8", "int32")
+
+
+def _tf():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "TFLite conversion needs the TensorFlow backend. Received: "
+            f"KERAS_BACKEND={keras.backend.backend()!r}; save the model as "
+            "`.keras` and convert it in a process with "
+            "KERAS_BACKEND=tensorflow."
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def _converter(model, batch_size=1):
+    """A TFLiteConverter for the inference function of a Keras model."""
+    tf = _tf()
+    if len(model.inputs) != 1:
+        raise ValueError(
+            "Only single-input models can be converted. "
+            f"Received: {len(model.inputs)} inputs"
+        )
+    shape = (batch_size,) + tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(
+            "The model's input needs a static shape to convert to int8 "
+            f"TFLite. Received: input shape {tuple(model.inputs[0].shape)}"
+        )
+    spec = tf.TensorSpec(shape, tf.float32, name="image")
+
+    @tf.function(input_signature=[spec])
+    def serve(images):
+        return model(images, training=False)
+
+    concrete = serve.get_concrete_function()
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+
+
+def _representative(data, steps):
+    """A representative_dataset generator of single float32 images."""
+    def generator():
+        count = 0
+        source = data
+        if isinstance(data, np.ndarray):
+            source = (data[i:i + 1] for i in range(len(data)))
+        for batch in source:
+            if isinstance(batch, (tuple, list)):
+                batch = batch[0]
+            batch = np.asarray(batch, dtype="float32")
+            for image in batch:
+                if count >= steps:
+                    return
+                count += 1
+                yield [image[None]]
+
+    return generator
+
+
+def _set_int8_io(converter, int8_io):
+    tf = _tf()
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
+def _write(model_bytes, path):
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(model_bytes)
+    return model_bytes
+
+
+def convert_float(model, path=None):
+    """Converts a Keras model to a float32 TFLite model (builtin ops only).
+
+    Args:
+        model: a Keras model (TensorFlow backend), static input shape.
+        path: optional `.tflite` path to write.
+
+    Returns:
+        The TFLite flatbuffer as bytes.
+    """
+    tf = _tf()
+    converter = _converter(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return _write(converter.convert(), path)
+
+
+def convert_ptq(model, representative_data, num_samples=200, int8_io=False,
+                path=None):
+    """Post-training full-integer quantization (the baseline).
+
+    Args:
+        model: the float Keras model (TensorFlow backend).
+        representative_data: images preprocessed as the model expects: a
+            numpy array `(N, H, W, C)`, or an iterable / `tf.data.Dataset`
+            of batches or `(images, labels)` batches.
+        num_samples: int >= 1, how many images calibrate the ranges.
+        int8_io: whether the model's input and output are int8 (else float
+            with QUANTIZE/DEQUANTIZE at the boundary).
+        path: optional `.tflite` path to write.
+
+    Returns:
+        The TFLite flatbuffer as bytes, checked by `check_int8`.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < 1:
+        raise ValueError(
+            "`num_samples` must be an integer >= 1. "
+            f"Received: num_samples={num_samples!r}"
+        )
+    tf = _tf()
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(
+        representative_data, num_samples
+    )
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+    ]
+    _set_int8_io(converter, int8_io)
+    model_bytes = converter.convert()
+    check_int8(model_bytes, int8_io=int8_io)
+    return _write(model_bytes, path)
+
+
+def convert_qat(qat_model, int8_io=False, path=None):
+    """Converts a QAT twin (`quantize_model`) to an all-int8 TFLite model.
+
+    The fake-quant ranges learnt in training become the int8 scales; no
+    representative dataset is needed.
+
+    Args:
+        qat_model: a model returned by `quantize_model` (or loaded from its
+            `.keras` file), TensorFlow backend.
+        int8_io: whether the model's input and output are int8.
+        path: optional `.tflite` path to write.
+
+    Returns:
+        The TFLite flatbuffer as bytes, checked by `check_int8`.
+    """
+    tf = _tf()
+    converter = _converter(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # Builtins only (no SELECT_TF_OPS). TFLITE_BUILTINS_INT8 cannot be set
+    # here: TF 2.21's converter then demands a representative dataset even
+    # for fake-quantized graphs. `check_int8` enforces int8 instead.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    _set_int8_io(converter, int8_io)
+    model_bytes = converter.convert()
+    check_int8(model_bytes, int8_io=int8_io)
+    return _write(model_bytes, path)
+
+
+def _interpreter(model):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(model))
+    return Interpreter(model_path=os.fspath(model))
+
+
+def inspect_tflite(model):
+    """Lists the ops and tensor types of a TFLite model.
+
+    Args:
+        model: TFLite flatbuffer bytes or a `.tflite` path.
+
+    Returns:
+        A dict: `ops` (list of `(op_name, input dtypes, output dtypes)`),
+        `op_counts` (op name -> count), `tensor_types` (dtype name -> count),
+        `input_types` and `output_types` (dtype names), `size` (bytes).
+    """
+    interpreter = _interpreter(model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+
+    def dtype(index):
+        return np.dtype(tensors[index]["dtype"]).name if index in tensors \
+            else "unknown"
+
+    ops = []
+    for op in interpreter._get_ops_details():
+        ins = [dtype(i) for i in op["inputs"] if i >= 0]
+        outs = [dtype(i) for i in op["outputs"] if i >= 0]
+        ops.append((op["op_name"], ins, outs))
+    op_counts, tensor_types = {}, {}
+    for name, _, _ in ops:
+        op_counts[name] = op_counts.get(name, 0) + 1
+    for t in tensors.values():
+        name = np.dtype(t["dtype"]).name
+        tensor_types[name] = tensor_types.get(name, 0) + 1
+    size = len(model) if isinstance(model, (bytes, bytearray)) else \
+        os.path.getsize(model)
+    return {
+        "ops": ops,
+        "op_counts": op_counts,
+        "tensor_types": tensor_types,
+        "input_types": [np.dtype(d["dtype"]).name
+                        for d in interpreter.get_input_details()],
+        "output_types": [np.dtype(d["dtype"]).name
+                         for d in interpreter.get_output_details()],
+        "size": size,
+    }
+
+
+def check_int8(model, int8_io=False):
+    """Checks that every op of a TFLite model computes in int8.
+
+    Passes when all tensors are int8 or int32 (biases, shapes), except the
+    model's float input/output when `int8_io` is False, which only
+    QUANTIZE/DEQUANTIZE ops may touch; and no op is a Flex (TF) or custom op.
+
+    Args:
+        model: TFLite flatbuffer bytes or a `.tflite` path.
+        int8_io: whether the input and output must be int8 too.
+
+    Returns:
+        The `inspect_tflite` report.
+
+    Raises:
+        ValueError: naming the offending ops (with their tensor types).
+    """
+    report = inspect_tflite(model)
+    offending = []
+    for name, ins, outs in report["ops"]:
+        types = set(ins + outs)
+        if name.startswith("Flex") or name in ("CUSTOM", "DELEGATE"):
+            offending.append(f"{name} (Flex/custom op)")
+        elif name in _IO_OPS and not int8_io:
+            # float <-> int8 at the boundary only.
+            if not types <= {"float32", "int8"}:
+                offending.append(f"{name} {ins}->{outs}")
+        elif not types <= set(_INT8_TYPES):
+            offending.append(f"{name} {ins}->{outs}")
+    io_types = set(report["input_types"] + report["output_types"])
+    expected_io = {"int8"} if int8_io else {"float32"}
+    if io_types != expected_io:
+        offending.append(
+            f"model I/O types {sorted(io_types)} (expected "
+            f"{sorted(expected_io)})"
+        )
+    if offending:
+        raise ValueError(
+            "The TFLite model is not fully int8: these ops compute in float "
+            "or are not TFLite builtins: " + "; ".join(offending)
+            + f". Op counts: {report['op_counts']}"
+        )
+    return report

@@ -1,0 +1,415 @@
+"""The native Keras 3 QAT recipe: a float model's fake-quantized twin.
+
+`quantize_model` rebuilds a functional model layer by layer:
+
+- `Conv2D`/`DepthwiseConv2D` [+ `BatchNormalization`] [+ `ReLU`] become one
+  `QuantConv2D` whose kernel and bias hold the folded BatchNorm (moving
+  statistics), with per-channel symmetric int8 weights and the activation
+  quantized after the (fused) ReLU, as TFLite's int8 convolutions compute;
+- `Dense` becomes `QuantDense` (per-channel weights, quantized logits, fixed
+  softmax range);
+- `CoordinateAttention` becomes `QuantCoordinateAttention` (quantized pools,
+  encodings, gates and both products);
+- `Add`, `Multiply`, `Concatenate`, `GlobalAveragePooling2D`, standalone
+  activations and the model input get an `ActivationQuantizer` after them;
+- `ZeroPadding2D`, `Dropout`, `Flatten`, `Reshape`, max pools are copied
+  (they keep their input's quantization).
+
+The twin trains with `model.fit` on any backend, saves as `.keras` (all its
+layers are registered serializables) and converts to an all-int8 TFLite
+model with `keras_coordatt.quantization.convert_qat`.
+"""
+
+import keras
+import numpy as np
+
+from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.quantization.layers import ActivationQuantizer
+from keras_coordatt.quantization.layers import QuantConv2D
+from keras_coordatt.quantization.layers import QuantCoordinateAttention
+from keras_coordatt.quantization.layers import QuantDense
+
+_COPIED = (
+    keras.layers.ZeroPadding2D,
+    keras.layers.Dropout,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.MaxPooling2D,
+)
+_QUANTIZED_AFTER = (
+    keras.layers.Add,
+    keras.layers.Multiply,
+    keras.layers.Concatenate,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.AveragePooling2D,
+)
+SUPPORTED_LAYERS = (
+    "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization (after a "
+    "convolution)", "ReLU", "Activation", "Dense", "CoordinateAttention",
+) + tuple(c.__name__ for c in _COPIED + _QUANTIZED_AFTER)
+
+
+def _relu_kind(layer):
+    """'relu'/'relu6' for a plain (capped) ReLU layer, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        if layer.negative_slope or layer.threshold:
+            return None
+        if layer.max_value is None:
+            return "relu"
+        if float(layer.max_value) == 6.0:
+            return "relu6"
+        return None
+    if isinstance(layer, keras.layers.Activation):
+        name = keras.activations.serialize(layer.activation)
+        name = name if isinstance(name, str) else name.get("config", name)
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def _activation_name(activation):
+    name = keras.activations.serialize(activation)
+    if isinstance(name, dict):
+        name = name.get("config", name)
+    return name
+
+
+def _fold(layer, bn):
+    """Folded `(kernel, bias)` of a convolution and the BatchNorm after it."""
+    kernel = keras.ops.convert_to_numpy(layer.kernel).astype("float64")
+    out = (
+        kernel.shape[2] * kernel.shape[3]
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+        else kernel.shape[-1]
+    )
+    bias = (
+        keras.ops.convert_to_numpy(layer.bias).astype("float64")
+        if layer.use_bias else np.zeros(out)
+    )
+    if bn is not None:
+        get = lambda v: keras.ops.convert_to_numpy(v).astype("float64")
+        var = get(bn.moving_variance)
+        scale = 1.0 / np.sqrt(var + bn.epsilon)
+        if bn.scale:
+            scale = scale * get(bn.gamma)
+        shift = -get(bn.moving_mean) * scale
+        if bn.center:
+            shift = shift + get(bn.beta)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+        else:
+            kernel = kernel * scale
+        bias = bias * scale + shift
+    return kernel.astype("float32"), bias.astype("float32")
+
+
+def _check_channels_last(layer):
+    fmt = getattr(layer, "data_format", "channels_last")
+    if fmt != "channels_last":
+        raise ValueError(
+            "quantize_model supports channels_last models only (TFLite's "
+            f"layout). Received: layer {layer.name!r} with data_format="
+            f"{fmt!r}"
+        )
+
+
+def _quant_conv(layer, bn, activation, momentum):
+    _check_channels_last(layer)
+    if layer.dilation_rate not in ((1, 1), 1) or (
+        isinstance(layer, keras.layers.Conv2D) and layer.groups != 1
+    ):
+        raise ValueError(
+            f"Layer {layer.name!r}: dilated or grouped convolutions are not "
+            "supported. Received: dilation_rate="
+            f"{layer.dilation_rate}, groups={getattr(layer, 'groups', 1)}"
+        )
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    own = _activation_name(layer.activation)
+    if own != "linear":
+        if activation != "linear" or own not in ("relu", "relu6"):
+            raise ValueError(
+                f"Layer {layer.name!r}: only linear, relu and relu6 "
+                f"activations can be quantized here. Received: activation="
+                f"{own!r}"
+            )
+        activation = own
+    new = QuantConv2D(
+        filters=None if depthwise else layer.filters,
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        depthwise=depthwise,
+        depth_multiplier=layer.depth_multiplier if depthwise else 1,
+        activation=activation,
+        momentum=momentum,
+        name=layer.name,
+    )
+    return new, _fold(layer, bn)
+
+
+def _quant_dense(layer, momentum):
+    activation = _activation_name(layer.activation)
+    if activation not in ("linear", "softmax"):
+        raise ValueError(
+            f"Layer {layer.name!r}: Dense activations 'linear' and 'softmax' "
+            f"are supported. Received: activation={activation!r}"
+        )
+    new = QuantDense(
+        layer.units, activation=activation, momentum=momentum,
+        name=layer.name,
+    )
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    bias = (
+        keras.ops.convert_to_numpy(layer.bias) if layer.use_bias
+        else np.zeros(layer.units, "float32")
+    )
+    return new, [kernel, bias]
+
+
+def _quant_attention(layer, momentum):
+    if layer.data_format != "channels_last":
+        _check_channels_last(layer)
+    if _activation_name(layer.activation) not in ("hard_swish", "hard_silu"):
+        raise ValueError(
+            f"Layer {layer.name!r}: CoordinateAttention is quantized with "
+            "its default hard_swish activation only. Received: activation="
+            f"{_activation_name(layer.activation)!r}"
+        )
+    new = QuantCoordinateAttention(
+        layer.channels, layer.hidden_channels, momentum=momentum,
+        name=layer.name,
+    )
+    kernel, bias = _fold(layer.conv, layer.bn)
+    h_kernel, h_bias = _fold(layer.conv_h, None)
+    w_kernel, w_bias = _fold(layer.conv_w, None)
+    return new, (kernel, bias, h_kernel, h_bias, w_kernel, w_bias)
+
+
+def _graph_nodes(model):
+    """The nodes of a functional model, inputs first."""
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        yield from model._nodes_by_depth[depth]
+
+
+def _consumers(model):
+    """Maps id(KerasTensor) -> list of nodes of `model` that consume it."""
+    consumers = {}
+    for node in _graph_nodes(model):
+        for tensor in node.input_tensors:
+            consumers.setdefault(id(tensor), []).append(node)
+    return consumers
+
+
+def _single_consumer(consumers, tensor, cls, outputs):
+    nodes = consumers.get(id(tensor), [])
+    if len(nodes) != 1 or id(tensor) in outputs:
+        return None
+    if not isinstance(nodes[0].operation, cls):
+        return None
+    return nodes[0]
+
+
+def _set_weights(layer, values):
+    for variable, value in zip(layer.trainable_weights, values):
+        variable.assign(value)
+
+
+def quantize_model(model, calibration_data=None, calibration_steps=8,
+                   momentum=0.99, name=None):
+    """Returns the quantization-aware twin of a float functional model.
+
+    The twin computes what an int8 TFLite model computes (see the module
+    docstring for the layer mapping) and trains with `model.fit` like any
+    Keras model. Fine-tune it with a small learning rate, then convert it
+    with `convert_qat`.
+
+    Activation ranges start empty: they are set by the first training
+    batch, or by `calibration_data` here (recommended: inference before any
+    training step would otherwise use empty ranges).
+
+    Args:
+        model: a functional `keras.Model` (e.g. `MobileNetV2CA`,
+            `MobileNeXtCA`) in channels_last layout, built from the layers
+            listed in `SUPPORTED_LAYERS`.
+        calibration_data: optional images (numpy array, or an iterable /
+            `tf.data.Dataset` of batches or `(images, labels)` batches) used
+            to initialise the activation ranges.
+        calibration_steps: int >= 1, at most how many batches of
+            `calibration_data` to use. Defaults to 8.
+        momentum: float in [0, 1), the moving-average decay of the
+            activation ranges. Defaults to 0.99.
+        name: name of the twin; defaults to `"{model.name}_qat"`.
+
+    Returns:
+        A new functional `keras.Model` with the same inputs and outputs.
+
+    Raises:
+        ValueError: for a model that is not functional, is channels_first,
+            or holds a layer this recipe cannot quantize.
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes"):
+        raise ValueError(
+            "`model` must be a functional keras.Model. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(
+            "`model` must have a single image input. "
+            f"Received: {len(model.inputs)} inputs"
+        )
+    consumers = _consumers(model)
+    outputs = {id(t) for t in model.outputs}
+    tensor_map = {}
+    absorbed = set()
+    pending = []  # (new layer, weights) pairs, set once built
+
+    def quantized(tensor, layer_name):
+        q = ActivationQuantizer(momentum, name=f"{layer_name}_quant")
+        return q(tensor)
+
+    for node in _graph_nodes(model):
+        if id(node) in absorbed:
+            continue
+        layer = node.operation
+        if node.is_input:
+            source = node.output_tensors[0]
+            new_input = keras.Input(
+                batch_shape=source.shape, dtype=source.dtype,
+                name=layer.name,
+            )
+            tensor_map[id(source)] = (
+                new_input, quantized(new_input, layer.name)
+            )
+            continue
+        inputs = [tensor_map[id(t)][1] for t in node.input_tensors]
+        out_tensor = node.output_tensors[0]
+        if len(node.output_tensors) != 1:
+            raise ValueError(
+                f"Layer {layer.name!r} has several outputs; quantize_model "
+                "supports single-output layers only."
+            )
+        if isinstance(layer, (keras.layers.Conv2D,
+                              keras.layers.DepthwiseConv2D)) and not \
+                isinstance(layer, keras.layers.Conv2DTranspose):
+            bn_node = _single_consumer(
+                consumers, out_tensor, keras.layers.BatchNormalization,
+                outputs,
+            )
+            bn, last = None, out_tensor
+            if bn_node is not None and bn_node.operation.axis in (-1, 3):
+                bn = bn_node.operation
+                absorbed.add(id(bn_node))
+                last = bn_node.output_tensors[0]
+            activation = "linear"
+            act_node = _single_consumer(
+                consumers, last,
+                (keras.layers.ReLU, keras.layers.Activation), outputs,
+            )
+            if act_node is not None and _relu_kind(act_node.operation) \
+                    and _activation_name(layer.activation) == "linear":
+                activation = _relu_kind(act_node.operation)
+                absorbed.add(id(act_node))
+                last = act_node.output_tensors[0]
+            new, weights = _quant_conv(layer, bn, activation, momentum)
+            result = new(inputs[0])
+            pending.append((new, weights))
+            tensor_map[id(last)] = (None, result)
+            continue
+        if isinstance(layer, keras.layers.Dense):
+            new, weights = _quant_dense(layer, momentum)
+            result = new(inputs[0])
+            pending.append((new, weights))
+        elif isinstance(layer, CoordinateAttention):
+            new, weights = _quant_attention(layer, momentum)
+            result = new(inputs[0])
+            pending.append((new, weights))
+        elif isinstance(layer, _COPIED):
+            result = layer.__class__.from_config(layer.get_config())(
+                *inputs
+            )
+        elif isinstance(layer, _QUANTIZED_AFTER):
+            copy = layer.__class__.from_config(layer.get_config())
+            merged = copy(inputs if len(inputs) > 1 else inputs[0])
+            result = quantized(merged, layer.name)
+        elif isinstance(layer, (keras.layers.ReLU,
+                                keras.layers.Activation)):
+            name = _relu_kind(layer) or _activation_name(
+                getattr(layer, "activation", None)
+            )
+            if name not in ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid"):
+                raise ValueError(
+                    f"Layer {layer.name!r}: activation {name!r} cannot "
+                    "be quantized; accepted: relu, relu6, hard_swish, "
+                    "sigmoid."
+                )
+            copy = layer.__class__.from_config(layer.get_config())
+            result = quantized(copy(inputs[0]), layer.name)
+        else:
+            raise ValueError(
+                f"quantize_model cannot quantize layer {layer.name!r} of "
+                f"type {type(layer).__name__}. Accepted: "
+                f"{', '.join(SUPPORTED_LAYERS)}."
+            )
+        tensor_map[id(out_tensor)] = (None, result)
+
+    new_inputs = [tensor_map[id(t)][0] for t in model.inputs]
+    try:
+        new_outputs = [tensor_map[id(t)][1] for t in model.outputs]
+    except KeyError as error:
+        raise ValueError(
+            "A model output is a BatchNormalization or ReLU folded into a "
+            "convolution that feeds other layers; quantize_model cannot "
+            "rebuild it."
+        ) from error
+    twin = keras.Model(
+        new_inputs[0],
+        new_outputs[0] if len(new_outputs) == 1 else new_outputs,
+        name=name or f"{model.name}_qat",
+    )
+    for layer, weights in pending:
+        _set_weights(layer, weights)
+    if calibration_data is not None:
+        calibrate(twin, calibration_data, steps=calibration_steps)
+    return twin
+
+
+def _batches(data, steps):
+    """Yields up to `steps` image batches from arrays or iterables."""
+    if isinstance(data, np.ndarray):
+        batch = max(1, -(-len(data) // steps))
+        for i in range(0, len(data), batch):
+            yield data[i:i + batch]
+        return
+    for i, batch in enumerate(data):
+        if i >= steps:
+            return
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        elif isinstance(batch, dict):
+            batch = next(iter(batch.values()))
+        yield batch
+
+
+def calibrate(qat_model, data, steps=8):
+    """Sets the activation ranges of a QAT twin from sample images.
+
+    Runs the twin in training mode (only the quantizers change: the twin has
+    no BatchNorm, and Dropout has no state) on up to `steps` batches.
+
+    Args:
+        qat_model: a model returned by `quantize_model`.
+        data: images as a numpy array (split into `steps` batches), or an
+            iterable / `tf.data.Dataset` of batches or `(images, labels)`.
+        steps: int >= 1, at most how many batches to use.
+
+    Returns:
+        `qat_model`, calibrated.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"`steps` must be an integer >= 1. Received: steps={steps!r}"
+        )
+    for batch in _batches(data, steps):
+        qat_model(keras.ops.convert_to_tensor(np.asarray(batch)),
+                  training=True)
+    return qat_model
