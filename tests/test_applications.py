@@ -212,10 +212,12 @@ def test_unusual_channel_count_warns():
 
 def test_preprocess_input_is_torch_mode():
     x = np.array([[[[0, 127.5, 255]]]], dtype="float32")
-    out = preprocess_input(x.copy())
+    original = x.copy()
+    out = preprocess_input(x)
     expected = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
         [0.229, 0.224, 0.225])
     np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_array_equal(x, original)  # the input is left alone
     # uint8 input is accepted, and channels_first normalises axis 1.
     out = preprocess_input(np.full((1, 3, 2, 2), 255, "uint8"),
                            data_format="channels_first")

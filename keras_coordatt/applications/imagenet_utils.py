@@ -48,10 +48,11 @@ def preprocess_input(x, data_format=None):
             `keras.config.image_data_format()`.
 
     Returns:
-        The preprocessed batch, float32, same shape.
+        The preprocessed batch, float32, same shape. A numpy input is never
+        modified (Keras' own function works in place on float arrays).
     """
-    if isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.floating):
-        x = x.astype("float32")
+    if isinstance(x, np.ndarray):
+        x = x.astype("float32")  # A copy, always.
     return keras.applications.imagenet_utils.preprocess_input(
         x, data_format=data_format, mode="torch"
     )
