@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from keras_coordatt.backend import require_tensorflow
+
 FORMATS = ("keras", "saved_model", "litert", "onnx")
 # Ops that betray unfrozen variables in a TFLite model.
 VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
@@ -35,17 +37,7 @@ SIGNATURE_KEY = "serving_default"
 
 
 def _tf():
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "Exporting to SavedModel, LiteRT or ONNX needs the TensorFlow "
-            f"backend; this process runs {keras.backend.backend()!r}. Set "
-            "KERAS_BACKEND=tensorflow before importing keras."
-        )
-    import tensorflow as tf
-
-    return tf
+    return require_tensorflow("Exporting to SavedModel, LiteRT or ONNX")
 
 
 def _image_shape(model):

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from keras_coordatt.backend import require_tensorflow
+
 # Ops allowed to touch float tensors: the (de)quantization at the model's
 # float inputs and outputs.
 _IO_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -22,18 +24,7 @@ _INT8_TYPES = ("int8", "int32")
 
 
 def _tf():
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "TFLite conversion needs the TensorFlow backend. Received: "
-            f"KERAS_BACKEND={keras.backend.backend()!r}; save the model as "
-            "`.keras` and convert it in a process with "
-            "KERAS_BACKEND=tensorflow."
-        )
-    import tensorflow as tf
-
-    return tf
+    return require_tensorflow("TFLite conversion")
 
 
 def _converter(model, batch_size=1):

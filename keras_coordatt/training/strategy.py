@@ -14,21 +14,17 @@ import os
 
 import keras
 
+from keras_coordatt.backend import require_tensorflow
+
 STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 # Environment variables that name a TPU (Cloud TPU nodes, Colab, TPU VMs).
 _TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR")
 
 
 def _tf():
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "keras_coordatt.training uses tf.distribute and tf.data and "
-            "needs the TensorFlow backend. Set KERAS_BACKEND=tensorflow. "
-            f"Current backend: {keras.backend.backend()!r}"
-        )
-    import tensorflow as tf
-
-    return tf
+    return require_tensorflow(
+        "keras_coordatt.training (tf.distribute and tf.data)"
+    )
 
 
 def get_strategy(name="auto", tpu=None):
