@@ -1,0 +1,179 @@
+"""Smoke tests of benchmarks/: the script's plumbing and its counted numbers.
+
+Timings are never asserted (they belong to the machine); the multiply-add and
+parameter counts are.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from keras_coordatt import CoordinateAttention
+from keras_coordatt import MobileNetV2CA
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
+CA, BASE = "MobileNetV2CA", "MobileNetV2"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+macs = _load("macs")
+
+
+def test_mac_counter_on_a_hand_counted_model():
+    inputs = keras.Input((8, 6, 16))
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = CoordinateAttention(reduction=4)(x)  # mip = max(8, 32 // 4) = 8
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10)(x)
+    result = macs.count_macs(keras.Model(inputs, outputs))
+    conv = 4 * 3 * 3 * 3 * 16 * 32
+    depthwise = 4 * 3 * 3 * 3 * 32
+    attention = 2 * (4 + 3) * 32 * 8  # shared conv + the two gates
+    dense = 32 * 10
+    assert result["by_type"] == {
+        "Conv2D": conv, "DepthwiseConv2D": depthwise,
+        "CoordinateAttention": attention, "Dense": dense,
+    }
+    assert result["total"] == conv + depthwise + attention + dense
+    assert result["attention"] == attention
+    assert result["attention_layers"] == 1
+    assert result["attention_elementwise"] == 4 * 4 * 3 * 32
+
+
+def test_mac_counter_matches_the_paper_at_224():
+    with_ca = macs.count_macs(MobileNetV2CA(weights=None))
+    base = macs.count_macs(keras.applications.MobileNetV2(weights=None))
+    # MobileNetV2 1.0 @ 224: 300.8M; the CA convolutions add 5.9M.
+    assert abs(base["total"] - 300.8e6) / 300.8e6 < 0.02
+    assert abs(with_ca["attention"] - 5.9e6) / 5.9e6 < 0.02
+    assert with_ca["total"] - with_ca["attention"] == base["total"]
+    assert 1.015 < with_ca["total"] / base["total"] < 1.025
+
+
+def _run(tmp_path, *extra, timeout=300):
+    out = tmp_path / "results"
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--quick", "--output", str(out), *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "results.json") as f:
+        result = json.load(f)
+    assert (out / "results.md").read_text().startswith("# Benchmark results")
+    return result, out
+
+
+def _check_stats(stats):
+    for key in ("median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms"):
+        assert stats[key] > 0
+    assert stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"]
+    assert stats["n"] >= 1
+
+
+def _check_pair_row(row, counts, batch=None):
+    assert set(row["models"]) >= {CA, BASE}
+    for name in (CA, BASE):
+        stats = row["models"][name]
+        _check_stats(stats)
+        assert stats["macs_per_image"] == counts[name]["macs"] or \
+            stats["macs_per_image"] == 3 * counts[name]["macs"]
+        assert stats["params"] == counts[name]["params"]
+        assert stats["gflops"] > 0 and stats["images_per_s"] > 0
+    assert row["ratio"] > 0
+    if batch is not None:
+        assert row["batch"] == batch
+
+
+def _check_counts(result):
+    counts = result["counts"]
+    ca = MobileNetV2CA(input_shape=(64, 64, 3), alpha=0.35, weights=None)
+    base = keras.applications.MobileNetV2(input_shape=(64, 64, 3),
+                                          alpha=0.35, weights=None)
+    assert counts[CA]["params"] == ca.count_params()
+    assert counts[BASE]["params"] == base.count_params()
+    assert counts[CA]["trainable_params"] == 1_750_970  # the authors' count
+    assert counts[CA]["macs"] == macs.count_macs(ca)["total"]
+    assert counts[CA]["attention_layers"] == 16
+    assert 1.0 < counts["mac_ratio"] < 1.10
+    ref = result["reference_224"]
+    assert abs(ref[BASE]["macs"] - 300.8e6) / 300.8e6 < 0.02
+    assert 1.015 < ref["mac_ratio"] < 1.025
+    assert ref[CA]["trainable_params"] == 3_950_648
+    return counts
+
+
+def test_quick_run_tensorflow(tmp_path):
+    """Keras TF, the layer rows and LiteRT float, end to end (< 60 s)."""
+    result, out = _run(
+        tmp_path, "--backend", "tensorflow", "--sections",
+        "keras,layer,litert", "--litert-kinds", "float", "--no-torch",
+    )
+    assert result["schema_version"] == 1
+    assert result["errors"] == []
+    assert result["config"]["alpha"] == 0.35 and result["config"]["size"] == 64
+    assert result["machine"]["cpu_count"] >= 1
+    counts = _check_counts(result)
+    assert [(r["engine"], r["batch"]) for r in result["keras"]] == [
+        ("tf.function", 1), ("tf.function", 4)]
+    for row in result["keras"]:
+        _check_pair_row(row, counts)
+    # --quick times the largest and the smallest map of the network.
+    assert [tuple(r["shape"]) for r in result["layer"]] == [
+        (16, 16, 48), (2, 2, 336)]
+    assert [r["count"] for r in result["layer"]] == [2, 3]
+    for row in result["layer"]:
+        assert row["macs"]["coordinate_attention"] > 0
+        for timings in row["timings"].values():
+            for name in ("coordinate_attention", "se_block",
+                         "elementwise_pass"):
+                _check_stats(timings[name])
+    assert {s["backend"] for s in result["layer_summary"]} == {
+        "tensorflow", "litert"}
+    kinds = {(r["kind"], r["threads"]) for r in result["litert"]}
+    assert kinds == {("float", 1), ("float", 2)}
+    for row in result["litert"]:
+        _check_pair_row(row, counts, batch=1)
+        for name in (CA, BASE):
+            assert row["models"][name]["file_bytes"] > 0
+            assert row["models"][name]["delegate"]["partitions"] >= 1
+        # The float graph must stay in one XNNPACK partition.
+        assert row["models"][CA]["delegate"]["partitions"] == 1
+        assert row["models"][CA]["delegate"]["outside_delegate"] == {}
+    assert (out / "results.png").stat().st_size > 0
+    assert all(isinstance(t["met"], bool) for t in result["targets"])
+
+
+@pytest.mark.slow
+def test_quick_run_everything(tmp_path):
+    """Both backends, training, int8 and PyTorch rows."""
+    result, _ = _run(tmp_path, timeout=900)
+    assert result["errors"] == []
+    counts = _check_counts(result)
+    assert {r["backend"] for r in result["keras"]} == {"tensorflow", "jax"}
+    assert {r["backend"] for r in result["train"]} == {"tensorflow", "jax"}
+    for row in result["keras"] + result["train"]:
+        _check_pair_row(row, counts)
+    kinds = {r["kind"] for r in result["litert"]}
+    assert kinds == {"float", "ptq_int8", "qat_int8"}
+    sizes = result["file_sizes"][CA]
+    assert sizes["ptq_int8"] < 0.5 * sizes["float"]
+    if importlib.util.find_spec("torch") is not None:
+        assert [r["threads"] for r in result["torch"]] == [1, 2]
+        assert result["torch_params"] == counts[CA]["trainable_params"]
