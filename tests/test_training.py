@@ -757,7 +757,7 @@ class _SlowRuns:
 
 def _selected_slow_tests(request):
     return [item.name for item in request.session.items
-            if item.module is request.module
+            if getattr(item, "module", None) is request.module
             and item.get_closest_marker("slow")]
 
 
