@@ -268,19 +268,14 @@ def test_evaluate_tflite_rejects_bad_arguments():
 
 
 @pytest.fixture(scope="module")
-def digits_models(tmp_path_factory):
+def digits_models(tmp_path_factory, digits_demo):
     """The README's main job: MobileNetV2CA (alpha 0.35, 32x32) trained on
-    digits by the training demo, then its float, PTQ and QAT int8 TFLite
-    models measured on the demo's held-out images."""
+    digits by the training demo (conftest's `digits_demo`), then its float,
+    PTQ and QAT int8 TFLite models measured on the demo's held-out images."""
     if not TF_BACKEND:
         pytest.skip("needs TensorFlow for conversion")
-    from keras_coordatt.training import train
-
+    model, train_metrics = digits_demo
     keras.utils.set_random_seed(0)
-    run = train("digits", overrides=dict(
-        output_dir=str(tmp_path_factory.mktemp("train")), tensorboard=False,
-    ), verbose=0)
-    model = run.model
     (x_train, y_train), (x_test, y_test) = load_digits(32)
     x_aug, y_aug = shift_augment(x_train, y_train, copies=2, max_shift=4)
     twin = q.quantize_model(model, calibration_data=x_train[:256],
@@ -308,7 +303,7 @@ def digits_models(tmp_path_factory):
                                    == results["qat"]["predictions"])),
         "sizes": {name: len(blob) for name, blob in blobs.items()},
         "num_test": int(len(y_test)),
-        "train_val_accuracy": float(run.metrics["accuracy"]),
+        "train_val_accuracy": float(train_metrics["accuracy"]),
     }
     print("\nDIGITS TABLE " + json.dumps(table))
     return {"model": model, "twin": twin, "blobs": blobs, "table": table,

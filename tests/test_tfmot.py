@@ -210,18 +210,13 @@ def test_tf_keras_rebuild_matches_keras3_in_float(family, tfmot_extra):
 
 
 @pytest.fixture(scope="module")
-def digits_tfmot(tfmot_extra, tmp_path_factory):
+def digits_tfmot(tfmot_extra, tmp_path_factory, digits_demo):
     """The README's float model (MobileNetV2CA, alpha 0.35, 32x32, trained
     by the digits demo), then the tfmot recipe on it with the QAT settings
     of test_quantization's native run: one epoch of the shifted copies,
     Adam 1e-4, batch 32."""
-    from keras_coordatt.training import train
-
+    model, _ = digits_demo
     keras.utils.set_random_seed(0)
-    run = train("digits", overrides=dict(
-        output_dir=str(tmp_path_factory.mktemp("train")), tensorboard=False,
-    ), verbose=0)
-    model = run.model
     (x_train, y_train), (x_test, y_test) = load_digits(32)
     x_aug, y_aug = shift_augment(x_train, y_train, copies=2, max_shift=4)
     float_accuracy = float(np.mean(
