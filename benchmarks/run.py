@@ -681,11 +681,11 @@ def _convert_float(model):
 
 
 def _interpreter(blob, threads):
-    from ai_edge_litert.interpreter import Interpreter
+    from keras_coordatt.quantization.evaluate import interpreter
 
-    interpreter = Interpreter(model_content=bytes(blob), num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
+    result = interpreter(blob, threads)
+    result.allocate_tensors()
+    return result
 
 
 def litert_callables(blobs, threads, seed=4):

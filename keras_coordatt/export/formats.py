@@ -142,14 +142,8 @@ def tflite_op_names(model):
 
 
 def _litert_interpreter(model, num_threads=1):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(model),
-                                  num_threads=num_threads)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(model),
-                                  num_threads=num_threads)
+    interpreter = _quantization_module().evaluate.interpreter(
+        model, num_threads)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -172,15 +166,13 @@ def check_builtin_float(model_bytes):
 
 
 def export_litert(model, path, int8=False, representative_data=None,
-                  num_samples=200, input_name="image"):
+                  num_samples=200):
     """Exports `model` as a LiteRT (`.tflite`) flatbuffer, batch size 1.
 
-    Float: the inference function is traced with a `(1, H, W, C)` float32
-    input named `input_name`, its variables are frozen into constants
-    (BatchNorm folds into the convolutions), and the converter may use
-    `TFLITE_BUILTINS` only; the result is checked to hold no Flex and no
-    variable (`VAR_HANDLE`/`READ_VARIABLE`) op. The model has one signature,
-    `serving_default`.
+    Float: `keras_coordatt.quantization.convert_float` (a `(1, H, W, C)`
+    float32 input named `image`, variables frozen into constants so that
+    BatchNorm folds into the convolutions, `TFLITE_BUILTINS` only), checked
+    here to hold no Flex and no variable (`VAR_HANDLE`/`READ_VARIABLE`) op.
 
     Int8: post-training full-integer quantization by
     `keras_coordatt.quantization.convert_ptq` (float input and output,
@@ -193,17 +185,15 @@ def export_litert(model, path, int8=False, representative_data=None,
         representative_data: with `int8`, preprocessed images `(N, H, W, C)`
             (numpy array or iterable of batches).
         num_samples: with `int8`, how many images calibrate the ranges.
-        input_name: the input tensor's name in the signature.
 
     Returns:
         A dict describing the model (op names, input and output details).
     """
-    tf = _tf()
     path = os.fspath(path)
     if not path.endswith(".tflite"):
         raise ValueError(f"LiteRT files end in .tflite. Received: {path!r}")
+    quantization = _quantization_module()
     if int8:
-        quantization = _quantization_module()
         if representative_data is None:
             raise ValueError(
                 "int8 LiteRT export needs a representative dataset "
@@ -214,26 +204,7 @@ def export_litert(model, path, int8=False, representative_data=None,
         )
         ops = tflite_op_names(model_bytes)
     else:
-        from tensorflow.python.framework import convert_to_constants
-
-        spec = tf.TensorSpec((1,) + _image_shape(model), tf.float32,
-                             name=input_name)
-
-        @tf.function(input_signature=[spec])
-        def serving_default(images):
-            return model(images, training=False)
-
-        concrete = serving_default.get_concrete_function()
-        frozen = convert_to_constants.convert_variables_to_constants_v2(
-            concrete
-        )
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [frozen], tf.Module()
-        )
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS
-        ]
-        model_bytes = converter.convert()
+        model_bytes = quantization.convert_float(model)
         ops = check_builtin_float(model_bytes)
     with open(path, "wb") as f:
         f.write(model_bytes)

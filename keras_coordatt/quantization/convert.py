@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from keras_coordatt.backend import require_tensorflow
+from keras_coordatt.quantization import evaluate
 
 # Ops allowed to touch float tensors: the (de)quantization at the model's
 # float inputs and outputs.
@@ -27,8 +28,9 @@ def _tf():
     return require_tensorflow("TFLite conversion")
 
 
-def _converter(model, batch_size=1):
-    """A TFLiteConverter for the inference function of a Keras model."""
+def _converter(model, batch_size=1, freeze=False):
+    """A TFLiteConverter for the inference function of a Keras model
+    (`freeze`: its variables become constants first)."""
     tf = _tf()
     if len(model.inputs) != 1:
         raise ValueError(
@@ -48,6 +50,16 @@ def _converter(model, batch_size=1):
         return model(images, training=False)
 
     concrete = serve.get_concrete_function()
+    if freeze:
+        from tensorflow.python.framework import convert_to_constants
+
+        concrete = convert_to_constants.convert_variables_to_constants_v2(
+            concrete
+        )
+        # An (empty) trackable keeps the `serving_default` signature.
+        return tf.lite.TFLiteConverter.from_concrete_functions(
+            [concrete], tf.Module()
+        )
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
 
 
@@ -89,6 +101,10 @@ def _write(model_bytes, path):
 def convert_float(model, path=None):
     """Converts a Keras model to a float32 TFLite model (builtin ops only).
 
+    The variables are frozen into constants first, so BatchNorm folds into
+    the convolutions and no variable op is left; the input is a `(1, H, W,
+    C)` float32 tensor named `image`.
+
     Args:
         model: a Keras model (TensorFlow backend), static input shape.
         path: optional `.tflite` path to write.
@@ -97,7 +113,7 @@ def convert_float(model, path=None):
         The TFLite flatbuffer as bytes.
     """
     tf = _tf()
-    converter = _converter(model)
+    converter = _converter(model, freeze=True)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return _write(converter.convert(), path)
 
@@ -168,14 +184,6 @@ def convert_qat(qat_model, int8_io=False, path=None):
     return _write(model_bytes, path)
 
 
-def _interpreter(model):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model))
-    return Interpreter(model_path=os.fspath(model))
-
-
 def inspect_tflite(model):
     """Lists the ops and tensor types of a TFLite model.
 
@@ -187,7 +195,7 @@ def inspect_tflite(model):
         `op_counts` (op name -> count), `tensor_types` (dtype name -> count),
         `input_types` and `output_types` (dtype names), `size` (bytes).
     """
-    interpreter = _interpreter(model)
+    interpreter = evaluate.interpreter(model)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
 
     def dtype(index):

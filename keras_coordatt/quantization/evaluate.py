@@ -5,12 +5,20 @@ import os
 import numpy as np
 
 
-def _interpreter(model, num_threads):
+def interpreter(model, num_threads=None):
+    """A LiteRT interpreter for a `.tflite` model (tensors not allocated
+    yet: before allocation its op list is the model's own, without the
+    delegate nodes).
+
+    Args:
+        model: TFLite flatbuffer bytes or a `.tflite` path.
+        num_threads: interpreter threads (None: LiteRT's default).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:  # pragma: no cover - depends on the extra
         raise ImportError(
-            "Evaluating TFLite models needs the LiteRT interpreter: "
+            "Running TFLite models needs the LiteRT interpreter: "
             "`pip install keras-coordatt[litert]` (ai-edge-litert)."
         ) from error
     if isinstance(model, (bytes, bytearray)):
@@ -64,9 +72,9 @@ def predict_tflite(model, data, batch_size=32, num_threads=None):
             "`batch_size` must be an integer >= 1. "
             f"Received: batch_size={batch_size!r}"
         )
-    interpreter = _interpreter(model, num_threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
+    runner = interpreter(model, num_threads)
+    inp = runner.get_input_details()[0]
+    out = runner.get_output_details()[0]
     current = None
     outputs, labels = [], []
     # A static batch (the converters' default, batch 1) runs image by image.
@@ -82,12 +90,12 @@ def predict_tflite(model, data, batch_size=32, num_threads=None):
         for chunk in chunks:
             if current != chunk.shape:
                 if dynamic:
-                    interpreter.resize_tensor_input(inp["index"], chunk.shape)
-                interpreter.allocate_tensors()
+                    runner.resize_tensor_input(inp["index"], chunk.shape)
+                runner.allocate_tensors()
                 current = chunk.shape
-            interpreter.set_tensor(inp["index"], chunk)
-            interpreter.invoke()
-            result = interpreter.get_tensor(out["index"])
+            runner.set_tensor(inp["index"], chunk)
+            runner.invoke()
+            result = runner.get_tensor(out["index"])
             if out["dtype"] == np.int8:
                 scale, zero = out["quantization"]
                 result = (result.astype("float32") - zero) * scale
