@@ -16,7 +16,6 @@ Nothing here imports TensorFlow, ONNX or LiteRT at import time.
 
 from keras_coordatt.export import formats
 from keras_coordatt.export.exporter import FLOAT_TOLERANCE
-from keras_coordatt.export.exporter import FOLDED_TOLERANCE
 from keras_coordatt.export.exporter import MODELS
 from keras_coordatt.export.exporter import VARIANTS
 from keras_coordatt.export.exporter import build_model
@@ -35,7 +34,6 @@ from keras_coordatt.export.preset import save_preset
 
 __all__ = [
     "FLOAT_TOLERANCE",
-    "FOLDED_TOLERANCE",
     "FORMATS",
     "MODELS",
     "VARIANTS",

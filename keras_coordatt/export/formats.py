@@ -148,6 +148,30 @@ def _litert_interpreter(model, num_threads=1):
     return interpreter
 
 
+def litert_output_step(model):
+    """The int8 quantization step of a LiteRT model's output, or None.
+
+    For a full-integer model with a float output (`DEQUANTIZE` last), the
+    scale of the int8 tensor it dequantizes: the resolution of the output
+    (1/256 for a softmax).
+
+    Args:
+        model: the flatbuffer as bytes, or a path to a `.tflite` file.
+    """
+    interpreter = _quantization_module().evaluate.interpreter(model)
+    output = interpreter.get_output_details()[0]
+    scale = float(output["quantization"][0])
+    if scale:  # an int8 output
+        return scale
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        if output["index"] in list(op["outputs"]) and \
+                op["op_name"] == "DEQUANTIZE":
+            scale = float(tensors[int(op["inputs"][0])]["quantization"][0])
+            return scale or None
+    return None
+
+
 def check_builtin_float(model_bytes):
     """Raises if a float TFLite model has Flex or variable ops.
 
