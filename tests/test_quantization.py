@@ -69,6 +69,20 @@ def _randomize_bn(model, seed=0):
             layer.beta.assign(rng.normal(0, 0.2, n).astype("float32"))
 
 
+def _weight_scale_counts(model_bytes):
+    """Op name -> the number of int8 scales of each of its kernels."""
+    interpreter = q.evaluate.interpreter(model_bytes)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts = {}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D",
+                             "FULLY_CONNECTED"):
+            kernel = tensors[int(op["inputs"][1])]
+            counts.setdefault(op["op_name"], []).append(
+                len(kernel["quantization_parameters"]["scales"]))
+    return counts
+
+
 def _images(n=32, size=16, seed=0):
     return np.random.default_rng(seed).normal(
         0, 1, (n, size, size, 3)
@@ -231,6 +245,13 @@ def test_convert_tiny_model_all_int8(int8_io, tmp_path):
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "HARD_SWISH",
                "LOGISTIC", "MUL", "ADD", "FULLY_CONNECTED", "SOFTMAX"):
         assert ops.get(op, 0) >= 1, (op, ops)
+    # One int8 range per output channel for every kernel (8 channels; the
+    # shared CA convolution runs once per strip) except the two CA gate
+    # convolutions and the classifier (one range each).
+    counts = _weight_scale_counts(blob)
+    assert sorted(counts["CONV_2D"]) == [1, 1, 8, 8, 8, 8]
+    assert counts["DEPTHWISE_CONV_2D"] == [8]
+    assert counts["FULLY_CONNECTED"] == [1]
     keras_out = twin.predict(x, verbose=0)
     tfl_out, _ = q.predict_tflite(blob, x)
     # Softmax int8 output step is 1/256: a couple of steps at most.
