@@ -3,11 +3,15 @@
 Converts single-layer models (the `CoordinateAttention` layer, and rewrites
 of its inference path that compute the same numbers) at the feature-map
 shapes of MobileNetV2CA 1.0 at 224, and times them with the LiteRT
-interpreter (XNNPACK, 1 thread, CPU time of this process, interleaved).
+interpreter (XNNPACK, 1 thread by default, CPU time of this process,
+interleaved).
 
 Variants (all equal to the layer's output within 1e-5, checked):
 - `layer`: the layer as shipped (MEAN over W and over H, the shared 1x1
-  convolution on each strip, two gates, `x * a_h * a_w`);
+  convolution on each strip, hard-swish as `y * relu6(y + 3)` with the 1/6
+  folded into the gate kernels, two gates, `x * a_h * a_w`);
+- `hard_swish_op`: the same with a HARD_SWISH op (the layer until
+  2026-11-25; XNNPACK leaves int8 HARD_SWISH to the CPU kernels);
 - `avg_pool`: AVERAGE_POOL_2D with a (1, W) / (H, 1) window for the pools;
 - `sum_pool`: SUM then a scale for the pools;
 - `outer_gate`: `x * (a_h * a_w)`;
@@ -24,7 +28,7 @@ Diagnostics (not equivalent to the layer; they locate the cost):
 - `pass`: one element-wise product `x * 0.5` (the price of one read + one
   write of the feature map); `mean`: one MEAN over W.
 
-    python benchmarks/ca_variants.py [--int8] [--repeats 300]
+    python benchmarks/ca_variants.py [--int8] [--repeats 300] [--threads 1]
         [--network] [--output benchmarks/results/ca_variants.md]
 
 `--network` also puts each variant into the whole MobileNetV2CA (alpha 1.0,
@@ -59,8 +63,8 @@ from keras_coordatt import CoordinateAttention  # noqa: E402
 SHAPES = (((56, 56, 96), 1), ((56, 56, 144), 1), ((28, 28, 144), 1),
           ((28, 28, 192), 2), ((14, 14, 192), 1), ((14, 14, 384), 4),
           ((14, 14, 576), 2), ((7, 7, 576), 1), ((7, 7, 960), 3))
-EQUIVALENT = ("layer", "avg_pool", "sum_pool", "outer_gate", "gate_w_first",
-              "concat")
+EQUIVALENT = ("layer", "hard_swish_op", "avg_pool", "sum_pool", "outer_gate",
+              "gate_w_first", "concat")
 DIAGNOSTIC = ("relu6_encoding", "one_gate", "pools_only", "pass", "mean")
 
 
@@ -75,7 +79,14 @@ class Variant(CoordinateAttention):
         y = self.bn(self.conv(pooled), training=False)
         if self.variant == "relu6_encoding":
             return ops.relu6(y)
-        return self.activation(y)
+        if self.variant == "hard_swish_op":
+            return ops.hard_swish(y)
+        return y * ops.relu6(y + 3.0)  # 6 x hard-swish, as the layer
+
+    def _strip_gate(self, conv, y):
+        if self.variant in ("relu6_encoding", "hard_swish_op"):
+            return ops.sigmoid(conv(y))
+        return self._gate(conv, y)  # the layer's: 1/6 folded into the kernel
 
     def call(self, x, training=None):
         v = self.variant
@@ -100,8 +111,8 @@ class Variant(CoordinateAttention):
         else:
             y_h = self._encode_one(p_h)
             y_w = self._encode_one(p_w)
-        a_h = ops.sigmoid(self.conv_h(y_h))
-        a_w = ops.sigmoid(self.conv_w(y_w))
+        a_h = self._strip_gate(self.conv_h, y_h)
+        a_w = self._strip_gate(self.conv_w, y_w)
         if v == "outer_gate":
             return x * (a_h * a_w)
         if v == "gate_w_first":
@@ -145,6 +156,9 @@ def convert(model, int8, data):
     return convert_float(model)
 
 
+THREADS = 1
+
+
 def time_blobs(blobs, repeats, delegate=True):
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.interpreter import OpResolverType
@@ -155,7 +169,7 @@ def time_blobs(blobs, repeats, delegate=True):
         kwargs = {} if delegate else {
             "experimental_op_resolver_type":
                 OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-        interpreter = Interpreter(model_content=blob, num_threads=1,
+        interpreter = Interpreter(model_content=blob, num_threads=THREADS,
                                   **kwargs)
         interpreter.allocate_tensors()
         d = interpreter.get_input_details()[0]
@@ -204,7 +218,8 @@ def network_variants(variants, int8, repeats):
         blobs[variant] = convert(model, int8, data)
     medians = time_blobs(blobs, repeats)
     lines = ["", f"Inside MobileNetV2CA 1.0 at 224 "
-             f"({'int8' if int8 else 'float'}, 1 thread, CPU time, median "
+             f"({'int8' if int8 else 'float'}, {THREADS} thread(s), CPU time, "
+             "median "
              "ms; ratio to the same network without CA and to "
              "keras.applications.MobileNetV2):", "",
              "| network | ms | / no attention | / keras MobileNetV2 |",
@@ -230,7 +245,11 @@ def main(argv=None):
     p.add_argument("--network", action="store_true",
                    help="also time the variants inside the whole network")
     p.add_argument("--output", default=None, help="markdown file to write")
+    p.add_argument("--threads", type=int, default=1,
+                   help="interpreter threads (CPU time counts all)")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     variants = args.variants.split(",")
     shapes = SHAPES
     if args.shapes:
@@ -240,7 +259,8 @@ def main(argv=None):
     totals = {v: 0.0 for v in variants}
     totals_nd = {v: 0.0 for v in variants}
     lines = [f"# CA inference-path variants in LiteRT "
-             f"({'int8' if args.int8 else 'float'}, 1 thread, CPU time, "
+             f"({'int8' if args.int8 else 'float'}, {THREADS} thread(s), "
+             "CPU time, "
              "median ms)", "",
              "| shape | x | " + " | ".join(variants) + " |",
              "|---|---|" + "---|" * len(variants)]

@@ -376,9 +376,11 @@ class QuantCoordinateAttention(keras.layers.Layer):
     (frozen statistics), and each strip has its own activation ranges:
 
     `p_h = q(mean_W(x))`, `p_w = q(mean_H(x))` (then transposed),
-    `y = q(hard_swish(q(conv(p))))` for each strip,
-    `a = q_fixed(sigmoid(q(conv_gate(y))))`, and the output
-    `q(q(x * a_h) * a_w)`.
+    `e = q(conv(p))` and `y = q(e * q(relu6(e + 3)))` (6 x hard-swish, as
+    `CoordinateAttention` computes it: int8 ADD and MUL, which XNNPACK runs,
+    where a HARD_SWISH op would not be) for each strip,
+    `a = q_fixed(sigmoid(q(conv_gate(y))))` with the 1/6 folded into the
+    gate kernels, and the output `q(q(x * a_h) * a_w)`.
 
     The two gate convolutions have one weight range per kernel by default:
     per-channel ranges cost an int8 file a float32 scale and an int64 zero
@@ -407,6 +409,8 @@ class QuantCoordinateAttention(keras.layers.Layer):
         self.pool_w_quantizer = q("pool_w_quantizer")
         self.encode_h_quantizer = q("encode_h_quantizer")
         self.encode_w_quantizer = q("encode_w_quantizer")
+        self.relu6_h_quantizer = q("relu6_h_quantizer")
+        self.relu6_w_quantizer = q("relu6_w_quantizer")
         self.act_h_quantizer = q("act_h_quantizer")
         self.act_w_quantizer = q("act_w_quantizer")
         self.conv_h = QuantConv2D(channels, momentum=momentum,
@@ -436,6 +440,7 @@ class QuantCoordinateAttention(keras.layers.Layer):
         for layer in (self.pool_h_quantizer, self.pool_w_quantizer):
             layer.build(strip)
         for layer in (self.encode_h_quantizer, self.encode_w_quantizer,
+                      self.relu6_h_quantizer, self.relu6_w_quantizer,
                       self.act_h_quantizer, self.act_w_quantizer):
             layer.build(hidden)
         self.conv_h.build(hidden)
@@ -444,11 +449,13 @@ class QuantCoordinateAttention(keras.layers.Layer):
                       self.mul_h_quantizer, self.output_quantizer):
             layer.build(tuple(input_shape))
 
-    def _encode(self, pooled, kernel, pre_quantizer, quantizer, training):
+    def _encode(self, pooled, kernel, quantizers, training):
+        pre_quantizer, relu6_quantizer, quantizer = quantizers
         x = ops.conv(pooled, kernel, padding="valid",
                      data_format="channels_last")
         x = pre_quantizer(ops.add(x, self.bias), training=training)
-        return quantizer(ops.hard_swish(x), training=training)
+        t = relu6_quantizer(ops.relu6(x + 3.0), training=training)
+        return quantizer(x * t, training=training)
 
     def call(self, inputs, training=None):
         pooled_h = ops.mean(inputs, axis=2, keepdims=True)  # (B, H, 1, C)
@@ -457,10 +464,12 @@ class QuantCoordinateAttention(keras.layers.Layer):
         pooled_w = self.pool_w_quantizer(pooled_w, training=training)
         pooled_w = ops.transpose(pooled_w, (0, 2, 1, 3))  # (B, W, 1, C)
         kernel = fake_quant_weights(self.kernel)
-        y_h = self._encode(pooled_h, kernel, self.encode_h_quantizer,
-                           self.act_h_quantizer, training)
-        y_w = self._encode(pooled_w, kernel, self.encode_w_quantizer,
-                           self.act_w_quantizer, training)
+        y_h = self._encode(pooled_h, kernel, (
+            self.encode_h_quantizer, self.relu6_h_quantizer,
+            self.act_h_quantizer), training)
+        y_w = self._encode(pooled_w, kernel, (
+            self.encode_w_quantizer, self.relu6_w_quantizer,
+            self.act_w_quantizer), training)
         gate_h = self.gate_h_quantizer(
             ops.sigmoid(self.conv_h(y_h, training=training))
         )

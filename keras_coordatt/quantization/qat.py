@@ -182,7 +182,8 @@ def _quant_attention(layer, momentum):
     kernel, bias = _fold(layer.conv, layer.bn)
     h_kernel, h_bias = _fold(layer.conv_h, None)
     w_kernel, w_bias = _fold(layer.conv_w, None)
-    return new, (kernel, bias, h_kernel, h_bias, w_kernel, w_bias)
+    # The twin's encoding is 6 x hard_swish: the 1/6 goes into the gates.
+    return new, (kernel, bias, h_kernel / 6.0, h_bias, w_kernel / 6.0, w_bias)
 
 
 def _graph_nodes(model):
