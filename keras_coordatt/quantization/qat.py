@@ -6,10 +6,11 @@
   `QuantConv2D` whose kernel and bias hold the folded BatchNorm (moving
   statistics), with per-channel symmetric int8 weights and the activation
   quantized after the (fused) ReLU, as TFLite's int8 convolutions compute;
-- `Dense` becomes `QuantDense` (per-channel weights, quantized logits, fixed
+- `Dense` becomes `QuantDense` (per-tensor weights, quantized logits, fixed
   softmax range);
 - `CoordinateAttention` becomes `QuantCoordinateAttention` (quantized pools,
-  encodings, gates and both products);
+  encodings, gates and both products; hard-swish as `y * relu6(y + 3)` with
+  the 1/6 folded into the gate kernels, which are quantized per tensor);
 - `Add`, `Multiply`, `Concatenate`, `GlobalAveragePooling2D`, standalone
   activations and the model input get an `ActivationQuantizer` after them;
 - `ZeroPadding2D`, `Dropout`, `Flatten`, `Reshape`, max pools are copied
