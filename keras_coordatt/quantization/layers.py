@@ -167,9 +167,10 @@ class QuantConv2D(keras.layers.Layer):
 
     Computes `quant(act(conv(x, quant_w(kernel)) + bias))`: the kernel and
     bias hold the folded BatchNorm, the kernel is fake-quantized per output
-    channel (or per tensor), and the output per tensor. `relu` and `relu6` are fused before
-    the output quantizer, as TFLite fuses them into its convolutions;
-    `hard_swish` is a separate TFLite op, so its input is quantized too.
+    channel (or per tensor), and the output per tensor. `relu` and `relu6`
+    are fused before the output quantizer, as TFLite fuses them into its
+    convolutions; `hard_swish` is a separate TFLite op, so its input is
+    quantized too.
 
     Args:
         filters: output channels (ignored when `depthwise`).
