@@ -174,6 +174,26 @@ def test_quick_run_everything(tmp_path):
     assert kinds == {"float", "ptq_int8", "qat_int8"}
     sizes = result["file_sizes"][CA]
     assert sizes["ptq_int8"] < 0.5 * sizes["float"]
+    # Per-tensor gate kernels make the QAT file smaller than the PTQ one.
+    assert sizes["qat_int8"] < sizes["ptq_int8"]
+    for row in result["litert"]:
+        # CA leaves no op outside XNNPACK that MobileNetV2 does not (int8
+        # HARD_SWISH would: the layer computes hard-swish as ADD and MUL).
+        delegate = {name: row["models"][name]["delegate"]
+                    for name in (CA, BASE)}
+        assert delegate[CA]["outside_delegate"] == \
+            delegate[BASE]["outside_delegate"], row["kind"]
+        assert delegate[CA]["partitions"] == delegate[BASE]["partitions"]
     if importlib.util.find_spec("torch") is not None:
         assert [r["threads"] for r in result["torch"]] == [1, 2]
         assert result["torch_params"] == counts[CA]["trainable_params"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="LiteRT conversion needs TensorFlow")
+def test_fused_projection_script_runs(capsys):
+    """The row gate folded into the next 1x1 convolution computes the same
+    block (the script checks it to 1e-5) and converts to one partition."""
+    _load("fused_projection").main(["--shape", "8x8x16x8", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert "BATCH_MATMUL" in out and "1 partition(s)" in out
