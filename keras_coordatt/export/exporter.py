@@ -371,8 +371,9 @@ def verify_artifact(model, export_format, path, variant, num_images=4,
 
     Returns:
         A dict per runtime with `max_abs_diff` (and `top1_agreement` for
-        classification; for int8, the difference in output steps), plus
-        `tolerance` and `float32_rounding` (|Keras - float64|).
+        classification; for float, `max_abs_diff_vs_float64`; for int8,
+        the difference in output steps), plus `tolerance` and
+        `float32_rounding` (|Keras - float64|).
 
     Raises:
         AssertionError: a float artifact differs by more than `tolerance`.
@@ -384,7 +385,7 @@ def verify_artifact(model, export_format, path, variant, num_images=4,
     reference = np.asarray(model.predict(images, verbose=0))
     classification = variant == "classification"
     report = {"num_images": len(images), "seed": seed}
-    step = None
+    step = exact = None
     if export_format == "litert":
         step = formats.litert_output_step(
             os.path.join(path, ARTIFACT_FILES["litert"]))
@@ -401,6 +402,9 @@ def verify_artifact(model, export_format, path, variant, num_images=4,
     for runtime, outputs in run_artifact(export_format, path, images).items():
         if step is None:
             result = compare(reference, outputs, classification)
+            if exact is not None:
+                result["max_abs_diff_vs_float64"] = float(
+                    np.max(np.abs(np.asarray(outputs, "float64") - exact)))
         else:
             result = quantized_agreement(reference, outputs, step,
                                          classification)

@@ -216,6 +216,23 @@ def _set_weights(layer, values):
         variable.assign(value)
 
 
+def check_functional(model):
+    """Raises a ValueError unless `model` is a functional `keras.Model` with
+    a single (image) input, as both QAT recipes need."""
+    if not isinstance(model, keras.Model) or not hasattr(
+        model, "_nodes_by_depth"
+    ):
+        raise ValueError(
+            "`model` must be a functional keras.Model. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(
+            "`model` must have a single image input. "
+            f"Received: {len(model.inputs)} inputs"
+        )
+
+
 def quantize_model(model, calibration_data=None, calibration_steps=8,
                    momentum=0.99, name=None):
     """Returns the quantization-aware twin of a float functional model.
@@ -249,16 +266,7 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
         ValueError: for a model that is not functional, is channels_first,
             or holds a layer this recipe cannot quantize.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes"):
-        raise ValueError(
-            "`model` must be a functional keras.Model. "
-            f"Received: model of type {type(model).__name__}"
-        )
-    if len(model.inputs) != 1:
-        raise ValueError(
-            "`model` must have a single image input. "
-            f"Received: {len(model.inputs)} inputs"
-        )
+    check_functional(model)
     consumers = _consumers(model)
     outputs = {id(t) for t in model.outputs}
     tensor_map = {}

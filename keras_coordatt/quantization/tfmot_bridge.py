@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.quantization.qat import check_functional
 
 FORMAT = "keras_coordatt.tf_keras_description"
 FORMAT_VERSION = 1
@@ -243,18 +244,7 @@ def describe_model(model):
         ValueError: for a model the tf_keras side cannot rebuild (naming the
             layer).
     """
-    if not isinstance(model, keras.Model) or not hasattr(
-        model, "_nodes_by_depth"
-    ):
-        raise ValueError(
-            "`model` must be a functional keras.Model. "
-            f"Received: model of type {type(model).__name__}"
-        )
-    if len(model.inputs) != 1:
-        raise ValueError(
-            "`model` must have a single image input. "
-            f"Received: {len(model.inputs)} inputs"
-        )
+    check_functional(model)
     produced = {}  # id(KerasTensor) -> producing layer name
     layers, weights, seen = [], {}, set()
     for node in _graph_nodes(model):
