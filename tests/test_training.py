@@ -745,8 +745,12 @@ class _SlowRuns:
             self.kill_error = e
 
     def wait(self, name, timeout=900):
-        if name == "resumed":
+        if name in ("killed", "resumed"):
+            # The killer thread reads the state the kill left and starts the
+            # resumed run after the killed process exits: wait for it, not
+            # only for the process, or `killed_state` may still be unset.
             self._killer.join(timeout)
+            assert not self._killer.is_alive(), "the kill/resume thread hung"
             assert self.kill_error is None, self.kill_error
         return self.runs[name].wait(timeout)
 
@@ -868,6 +872,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_steps(
     returncode, killed_output = slow_runs.wait("killed")
     assert returncode == -signal.SIGKILL, killed_output[-3000:]
     state = slow_runs.killed_state  # What the kill left on disk.
+    assert state is not None, "no backup state.json after the kill"
     epoch, step = state["epoch"], state["step"]
     assert epoch >= 1 and 0 < step < STEPS_PER_EPOCH and step % 5 == 0
     assert state["iterations"] == epoch * STEPS_PER_EPOCH + step
