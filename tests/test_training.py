@@ -1,9 +1,10 @@
 """Tests of keras_coordatt.training (issue 4).
 
 Fast, in-process tests first (configs, schedule, weight decay, pipelines,
-backups); then the slow ones, each in real subprocesses: MirroredStrategy
-over two logical CPUs, the digits command line to >= 0.90 validation
-accuracy, and a SIGKILLed run resumed to the same optimizer step count.
+backups); a transfer run's two phases in one history; then the slow ones,
+each in real subprocesses: MirroredStrategy over two logical CPUs, the
+digits command line to >= 0.90 validation accuracy, and a SIGKILLed run
+resumed to the same optimizer step count.
 """
 
 import json
@@ -627,6 +628,28 @@ def test_resuming_a_completed_run_does_not_train_again(tmp_path, capsys):
     assert "Nothing to resume" in capsys.readouterr().out
     assert result.metrics == {"accuracy": 0.95}
     assert result.optimizer_iterations == 264 and result.model is None
+
+
+@pytest.mark.slow
+def test_transfer_history_holds_both_phases_as_logged(tmp_path):
+    # Random weights (no download); 2 frozen-backbone epochs, then 1 of
+    # fine-tuning: `history` holds all 3, equal to the two CSV logs.
+    result = train("digits", overrides={
+        "output_dir": str(tmp_path), "transfer": True, "frozen_epochs": 2,
+        "epochs": 1, "tensorboard": False}, verbose=0)
+    logged = (_csv_rows(tmp_path / "training_log_frozen.csv")
+              + _csv_rows(tmp_path / "training_log.csv"))
+    assert [int(row["epoch"]) for row in logged] == [0, 1, 0]
+    assert set(result.history) == set(logged[0]) - {"epoch"}
+    for key, values in result.history.items():
+        np.testing.assert_allclose(
+            values, [float(row[key]) for row in logged], rtol=1e-6,
+            err_msg=key)
+    # The frozen phase: 0.05 * 64 / 256 with no warm-up, cosine over 44
+    # steps; at its first epoch end (step 22) half the peak.
+    assert result.history["learning_rate"][0] == pytest.approx(0.00625,
+                                                               rel=1e-5)
+    assert result.optimizer_iterations == STEPS_PER_EPOCH  # the last phase
 
 
 # ---------------------------------------------------------------------------

@@ -84,7 +84,10 @@ class TrainResult:
             `accuracy`, `top5_accuracy` with more than 5 classes).
         model_path: the saved `.keras` model.
         output_dir: the run's folder.
-        history: per-epoch logs of the last phase (lists by metric).
+        history: per-epoch logs (lists by metric) of every epoch this call
+            trained, phases in order (a transfer run's frozen epochs, then
+            fine-tuning); a resumed call holds the epochs it ran after the
+            backup. The per-phase CSV logs in `output_dir` hold them all.
         optimizer_iterations: the last phase's optimizer step count.
         steps_per_epoch: optimizer steps per epoch.
         global_batch_size: examples per step over all replicas.
@@ -292,12 +295,14 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         for index, phase in enumerate(phases):
             if state is not None and index < state["phase"]:
                 continue
-            history, best = _run_phase(
+            phase_history, best = _run_phase(
                 model, backbone, phase, index, config, strategy,
                 jit_compile, one_hot, train_data, val_data, run_dir, backup,
                 state if state and index == state["phase"] else None,
                 best, steps_per_epoch, verbose,
             )
+            for key, values in phase_history.items():
+                history.setdefault(key, []).extend(values)
         metrics = model.evaluate(val_data, return_dict=True, verbose=0)
         metrics = {k: float(v) for k, v in metrics.items()}
         model_path = os.path.join(run_dir, MODEL_FILE)
