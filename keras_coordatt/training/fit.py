@@ -301,8 +301,7 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
                 state if state and index == state["phase"] else None,
                 best, steps_per_epoch, verbose,
             )
-            for key, values in phase_history.items():
-                history.setdefault(key, []).extend(values)
+            _merge(history, phase_history)
         metrics = model.evaluate(val_data, return_dict=True, verbose=0)
         metrics = {k: float(v) for k, v in metrics.items()}
         model_path = os.path.join(run_dir, MODEL_FILE)
@@ -385,13 +384,13 @@ def _run_phase(model, backbone, phase, index, config, strategy, jit_compile,
         _merge(history, model.fit(
             initial_epoch=epoch, epochs=epoch + 1,
             steps_per_epoch=steps_per_epoch - step, **fit,
-        ))
+        ).history)
         epoch += 1
     if epoch < phase.epochs:
         _merge(history, model.fit(
             initial_epoch=epoch, epochs=phase.epochs,
             steps_per_epoch=steps_per_epoch, **fit,
-        ))
+        ).history)
     return history, best_checkpoint.best
 
 
@@ -416,8 +415,9 @@ def _metrics(model, one_hot):
     return metrics
 
 
-def _merge(history, fit_history):
-    for key, values in fit_history.history.items():
+def _merge(history, more):
+    """Appends the per-epoch lists of `more` to those of `history`."""
+    for key, values in more.items():
         history.setdefault(key, []).extend(values)
 
 
