@@ -1,4 +1,6 @@
 import os
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -9,6 +11,7 @@ from keras_coordatt import MobileNetV2CA
 from keras_coordatt import MobileNeXtCA
 from keras_coordatt import decode_predictions
 from keras_coordatt import preprocess_input
+from keras_coordatt.applications import imagenet_utils as utils
 from keras_coordatt.applications import mobilenet_v2_ca
 
 
@@ -163,7 +166,6 @@ def test_channels_first_builds_the_same_network():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"weights": "no/such/file.h5"}, "weights=.no/such/file.h5."),
         ({"weights": "imagenet", "classes": 10}, "classes=10"),
         ({"weights": "imagenet", "alpha": 0.5}, "alpha=0.5"),
         ({"weights": "imagenet", "reduction": 16}, "reduction=16"),
@@ -171,7 +173,8 @@ def test_channels_first_builds_the_same_network():
          "at least 32x32"),
         ({"weights": None, "input_shape": (None, None, 3)},
          "static `input_shape`"),
-        ({"weights": None, "input_shape": (64, 64)}, "three integers"),
+        ({"weights": None, "input_shape": (64, 64)},
+         "three positive integers"),
         ({"weights": "imagenet", "input_shape": (200, 200, 3)},
          r"should be \(224, 224, 3\)"),
         ({"weights": None, "include_top": False, "pooling": "sum"},
@@ -183,6 +186,88 @@ def test_channels_first_builds_the_same_network():
 def test_keras_style_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MobileNetV2CA(**kwargs)
+
+
+BUILDERS = [MobileNetV2CA, MobileNeXtCA]
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize(
+    "argument, value, received",
+    [
+        ("alpha", float("nan"), "alpha=nan"),
+        ("alpha", float("inf"), "alpha=inf"),
+        ("alpha", "1.0", "alpha='1.0'"),
+        ("alpha", True, "alpha=True"),
+        ("alpha", None, "alpha=None"),
+        ("input_shape", (32, 32, 0), r"input_shape=\(32, 32, 0\)"),
+        ("input_shape", (32, 32.5, 3), r"input_shape=\(32, 32.5, 3\)"),
+        ("input_shape", ("32", 32, 3), r"input_shape=\('32', 32, 3\)"),
+        ("input_shape", (32, 32, None), r"input_shape=\(32, 32, None\)"),
+        ("input_shape", (True, 64, 3), r"input_shape=\(True, 64, 3\)"),
+        ("input_shape", 64, "input_shape=64"),
+        ("input_shape", "64x64", "input_shape='64x64'"),
+        ("classes", 0, "classes=0"),
+        ("classes", -1, "classes=-1"),
+        ("classes", "10", "classes='10'"),
+        ("classes", True, "classes=True"),
+        ("classes", 10.0, "classes=10.0"),
+        ("attention", "no", "attention='no'"),
+        ("attention", "CA", "attention='CA'"),
+        ("attention", 1, "attention=1"),
+        ("attention", 0.0, "attention=0.0"),
+        ("weights", 3, "weights=3"),
+    ],
+)
+def test_bad_arguments_are_named(builder, argument, value, received):
+    """Each error names the argument, the value received and what is fine."""
+    accepted = {"alpha": "positive, finite number",
+                "input_shape": "three positive integers",
+                "classes": "positive integer",
+                "attention": r"one of \(True, False, None, 'ca'\)",
+                "weights": "either `None`"}[argument]
+    kwargs = {"weights": None, argument: value}
+    with pytest.raises(ValueError, match=accepted) as info:
+        builder(**kwargs)
+    assert f"`{argument}`" in str(info.value)
+    assert re.search(f"Received: .*{received}", str(info.value))
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_accepted_attention_values(builder):
+    assert utils.validate_attention(True) == utils.validate_attention("ca")
+    assert utils.validate_attention(False) is utils.validate_attention(None)
+    for value in ("ca", None):  # True and False: the tests above
+        model = builder(alpha=0.35, weights=None, include_top=False,
+                        input_shape=(32, 32, 3), attention=value)
+        assert bool(_ca_layers(model)) == (value in (True, "ca"))
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_missing_weights_file_is_named(builder, tmp_path):
+    path = str(tmp_path / "no" / "such" / "file.h5")
+    with pytest.raises(FileNotFoundError, match=re.escape(repr(path))):
+        builder(weights=path)
+    with pytest.raises(FileNotFoundError, match="imagnet"):  # a typo
+        builder(weights="imagnet")
+    with pytest.raises(ValueError, match="is not a file"):
+        builder(weights=str(tmp_path))
+
+
+def test_keras_file_of_another_model_is_one_error(tmp_path):
+    other = MobileNeXtCA(alpha=0.35, input_shape=(32, 32, 3), classes=10)
+    path = str(tmp_path / "other.keras")
+    other.save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError) as info:
+            MobileNetV2CA(alpha=0.35, weights=path, input_shape=(32, 32, 3),
+                          classes=10)
+    message = str(info.value)
+    for text in (f"weights={path!r}", repr(other.name),
+                 "'mobilenetv2_ca_0.35_32'", f"({len(other.layers)} layers)"):
+        assert text in message, (text, message)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_input_tensor_must_match_input_shape():

@@ -409,3 +409,11 @@ def test_real_world_legacy_checkpoints_from_public_wheels(tmp_path):
             ref = torch.load(path, weights_only=True, map_location="cpu")
             _assert_same(read_torch_checkpoint(path), ref)
             assert list(load_torch_state_dict(path)) == list(ref)
+
+
+def test_a_stray_value_in_the_state_dict_reaches_the_converter(tmp_path):
+    sd = _net().state_dict()
+    sd["0.weight"] = "oops"
+    sd["1.bias"] = {"nested": 1}
+    state_dict = load_torch_state_dict(_save({"state_dict": sd}, tmp_path))
+    assert state_dict["0.weight"] == "oops" and list(state_dict) == list(sd)

@@ -5,6 +5,8 @@ warnings), so a model here behaves like `keras.applications.MobileNetV2`.
 """
 
 import json
+import math
+import numbers
 import os
 import warnings
 
@@ -22,6 +24,9 @@ _CLASS_INDEX_PATH = os.path.join(
     os.path.dirname(__file__), "imagenet_class_index.json"
 )
 _CLASS_INDEX = None
+# What `attention=` accepts: True and "ca" insert coordinate attention, False
+# and None insert none. Other kinds of attention are to be added here.
+ATTENTION_CHOICES = (True, False, None, "ca")
 
 
 def make_divisible(value, divisor=8, min_value=None):
@@ -95,31 +100,116 @@ def decode_predictions(preds, top=5):
     return results
 
 
+def validate_arguments(weights, include_top, classes, alpha, pooling,
+                       attention, published=True):
+    """Every check of the application constructors' plain arguments.
+
+    `input_shape` and `input_tensor` are checked by `application_input`.
+
+    Returns:
+        The normalised `attention` (see `validate_attention`).
+    """
+    validate_alpha(alpha)
+    validate_classes(classes, include_top)
+    validate_weights(weights, include_top, classes, published)
+    validate_pooling(pooling)
+    return validate_attention(attention)
+
+
 def validate_weights(weights, include_top, classes, published=True):
-    """The `weights`/`classes` checks of keras.applications."""
-    if weights == "imagenet" and not published:
+    """The `weights`/`classes` checks of keras.applications.
+
+    Raises:
+        FileNotFoundError: `weights` is a path to nothing (a typo of
+            "imagenet" included).
+        ValueError: any other value that is not accepted.
+    """
+    accepted = (
+        "The `weights` argument should be either `None` (random "
+        "initialization), `imagenet` (pre-training on ImageNet), or the "
+        "path to the weights file to be loaded (.weights.h5, .keras, .h5 "
+        f"or a torch.save checkpoint). Received: weights={weights!r}"
+    )
+    if isinstance(weights, str) and weights == "imagenet":
+        if not published:
+            raise ValueError(
+                "No ImageNet weights were published for this network (the "
+                "authors released weights for MobileNetV2 + CA only). Use "
+                "`weights=None` or a path to a weights file. "
+                f"Received: weights={weights!r}"
+            )
+        if include_top and classes != 1000:
+            raise ValueError(
+                'If using `weights="imagenet"` with `include_top` as true, '
+                f"`classes` should be 1000. Received: classes={classes}"
+            )
+        return
+    if weights is None:
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(accepted)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(
+            f"No such file: {os.fspath(weights)!r}. {accepted}")
+    if not os.path.isfile(weights):
+        raise ValueError(f"{os.fspath(weights)!r} is not a file. {accepted}")
+
+
+def validate_classes(classes, include_top):
+    """`classes` sizes the top layer: a positive integer (not a bool)."""
+    if not include_top:
+        return  # unused without the top, as in keras.applications
+    if isinstance(classes, bool) or not isinstance(
+            classes, numbers.Integral) or classes < 1:
         raise ValueError(
-            "No ImageNet weights were published for this network (the "
-            "authors released weights for MobileNetV2 + CA only). Use "
-            "`weights=None` or a path to a weights file. "
-            f"Received: weights={weights!r}"
-        )
-    if not (weights in {"imagenet", None} or _is_file(weights)):
-        raise ValueError(
-            "The `weights` argument should be either `None` (random "
-            "initialization), `imagenet` (pre-training on ImageNet), or the "
-            "path to the weights file to be loaded (.weights.h5, .keras, "
-            f".pth or .pt). Received: weights={weights!r}"
-        )
-    if weights == "imagenet" and include_top and classes != 1000:
-        raise ValueError(
-            'If using `weights="imagenet"` with `include_top` as true, '
-            f"`classes` should be 1000. Received: classes={classes}"
+            "`classes` must be a positive integer, the number of outputs of "
+            f"the top layer. Received: classes={classes!r}"
         )
 
 
-def _is_file(path):
-    return isinstance(path, (str, os.PathLike)) and os.path.isfile(path)
+def validate_attention(attention):
+    """Checks `attention` against `ATTENTION_CHOICES`.
+
+    Returns:
+        `"ca"` (True or "ca": coordinate attention) or `None` (False or
+        None: no attention blocks).
+    """
+    # `in` compares with ==, which would let 1, 0 and 0.0 pass as booleans.
+    if not (isinstance(attention, (bool, str, type(None)))
+            and attention in ATTENTION_CHOICES):
+        raise ValueError(
+            f"`attention` must be one of {ATTENTION_CHOICES}. "
+            f"Received: attention={attention!r}"
+        )
+    if attention is True:
+        return "ca"
+    return None if attention is False else attention
+
+
+def validate_input_shape(input_shape, data_format):
+    """Returns `input_shape` as a tuple of ints (or None), or raises.
+
+    Three entries, each a positive integer; height and width may be None
+    (a static shape is then needed only with the top, checked later).
+    """
+    if input_shape is None:
+        return None
+    message = (
+        "`input_shape` must be a tuple of three positive integers (height "
+        "and width may be None). Received: "
+        f"input_shape={input_shape!r}"
+    )
+    if isinstance(input_shape, (str, bytes)) or not hasattr(
+            input_shape, "__len__") or len(input_shape) != 3:
+        raise ValueError(message)
+    channel = 0 if data_format == "channels_first" else 2
+    for i, value in enumerate(input_shape):
+        if value is None and i != channel:
+            continue
+        if isinstance(value, bool) or not isinstance(
+                value, numbers.Integral) or value < 1:
+            raise ValueError(message)
+    return tuple(None if v is None else int(v) for v in input_shape)
 
 
 def _spatial(shape, data_format):
@@ -211,6 +301,7 @@ def application_input(input_shape, input_tensor, include_top, weights):
     `include_top=True` needs a static shape.
     """
     data_format = keras.config.image_data_format()
+    input_shape = validate_input_shape(input_shape, data_format)
     if input_tensor is not None and not keras.backend.is_keras_tensor(
         input_tensor
     ):
@@ -289,11 +380,13 @@ def validate_pooling(pooling):
 
 
 def validate_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or (
-        alpha <= 0
+    """The width multiplier: a finite number > 0 (not a bool)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or (
+        not math.isfinite(alpha) or alpha <= 0
     ):
         raise ValueError(
-            f"`alpha` must be a positive number. Received: alpha={alpha!r}"
+            "`alpha` must be a positive, finite number. "
+            f"Received: alpha={alpha!r}"
         )
 
 

@@ -82,7 +82,8 @@ def MobileNetV2CA(
             (global average pooling, dropout 0.1, dense layer).
         weights: `None` (random initialization), `"imagenet"` (the authors'
             checkpoint, 74.3 % top-1) or the path to a weights file
-            (`.weights.h5`, `.keras`, or the authors' `.pth`/`.pt` layout).
+            (`.weights.h5`, `.keras`, or a `torch.save` checkpoint of the
+            authors' layout, recognised by its content whatever its suffix).
         input_tensor: optional Keras tensor to use as the image input.
         pooling: `None`, `"avg"` or `"max"`: pooling of the last feature map
             when `include_top` is False.
@@ -91,7 +92,8 @@ def MobileNetV2CA(
             logits); only `None` or `"softmax"` with pretrained weights.
         name: model name; defaults to `mobilenetv2_ca_{alpha:0.2f}_{rows}`.
         reduction: reduction ratio of the attention blocks (32 in the paper).
-        attention: whether to insert the attention blocks (False gives plain
+        attention: whether to insert the attention blocks: `True` or
+            `"ca"` (coordinate attention), `False` or `None` (plain
             MobileNetV2 with the same padding and layer names).
 
     Returns:
@@ -103,9 +105,9 @@ def MobileNetV2CA(
     - [MobileNetV2: Inverted Residuals and Linear Bottlenecks](
         https://arxiv.org/abs/1801.04381) (CVPR 2018)
     """
-    utils.validate_weights(weights, include_top, classes)
-    utils.validate_alpha(alpha)
-    utils.validate_pooling(pooling)
+    kind = utils.validate_arguments(
+        weights, include_top, classes, alpha, pooling, attention
+    )
     img_input, rows, cols = utils.application_input(
         input_shape, input_tensor, include_top, weights
     )
@@ -116,11 +118,11 @@ def MobileNetV2CA(
                 "(the only width the authors published); "
                 f"Received: alpha={alpha}"
             )
-        if reduction != 32 or not attention:
+        if reduction != 32 or kind != "ca":
             raise ValueError(
                 "The imagenet weights need `reduction=32` and "
                 f"`attention=True`. Received: reduction={reduction}, "
-                f"attention={attention}"
+                f"attention={attention!r}"
             )
         utils.warn_if_unusual_size(rows, cols)
 
@@ -134,7 +136,7 @@ def MobileNetV2CA(
         for i in range(repeats):
             x = _inverted_res_block(
                 x, expansion, filters, first_stride if i == 0 else 1,
-                block_id, attention, reduction,
+                block_id, kind, reduction,
             )
             block_id += 1
     last_filters = utils.make_divisible(1280 * alpha, 8) if alpha > 1.0 \

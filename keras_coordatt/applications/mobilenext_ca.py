@@ -103,7 +103,8 @@ def MobileNeXtCA(
             logits).
         name: model name; defaults to `mobilenext_ca_{alpha:0.2f}_{rows}`.
         reduction: reduction ratio of the attention blocks (32 in the paper).
-        attention: whether to insert the attention blocks (False gives plain
+        attention: whether to insert the attention blocks: `True` or
+            `"ca"` (coordinate attention), `False` or `None` (plain
             MobileNeXt, 3,535,416 trainable parameters at alpha 1.0).
 
     Returns:
@@ -115,9 +116,10 @@ def MobileNeXtCA(
     - [Rethinking Bottleneck Structure for Efficient Mobile Network Design](
         https://arxiv.org/abs/2007.02269) (ECCV 2020)
     """
-    utils.validate_weights(weights, include_top, classes, published=False)
-    utils.validate_alpha(alpha)
-    utils.validate_pooling(pooling)
+    kind = utils.validate_arguments(
+        weights, include_top, classes, alpha, pooling, attention,
+        published=False,
+    )
     img_input, rows, _ = utils.application_input(
         input_shape, input_tensor, include_top, weights
     )
@@ -134,7 +136,7 @@ def MobileNeXtCA(
         for i in range(repeats):
             x = _sandglass_block(
                 x, filters, first_stride if i == 0 else 1, reduction_t,
-                repeats == 1, block_id, attention, reduction,
+                repeats == 1, block_id, kind, reduction,
             )
             block_id += 1
     if name is None:

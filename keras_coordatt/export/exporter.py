@@ -15,8 +15,8 @@ import os
 import numpy as np
 
 from keras_coordatt.export import formats
-from keras_coordatt.export._atomic import atomic_directory
 from keras_coordatt.export.preset import write_json
+from keras_coordatt.utils.atomic import atomic_directory
 
 MODELS = {
     "mobilenetv2_ca": "MobileNetV2CA",

@@ -34,6 +34,7 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     from keras_coordatt.applications import MobileNetV2CA
+    from keras_coordatt.utils.atomic import atomic_file
     from keras_coordatt.weights import load_torch_state_dict
     from keras_coordatt.weights import load_torch_weights
 
@@ -44,18 +45,13 @@ def main(argv=None):
     model = MobileNetV2CA(alpha=args.alpha, weights=None, classes=classes,
                           include_top=not args.no_top)
     load_torch_weights(model, state_dict)
-    output_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, ".tmp-" + os.path.basename(args.output))
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    # A failed or interrupted save leaves any earlier output as it was.
+    with atomic_file(args.output) as tmp:
         if args.output.endswith(".keras"):
             model.save(tmp)
         else:
             model.save_weights(tmp)
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     params = sum(math.prod(v.shape) for v in model.trainable_weights)
     print(f"Converted {len(state_dict)} tensors from {args.checkpoint} into "
           f"{model.name} ({params:,} trainable parameters, {classes} "

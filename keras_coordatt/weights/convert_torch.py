@@ -15,6 +15,10 @@ names; the tensor layouts are converted by the kind of Keras layer:
 | `features.{i+1}.conv.{7,8}`      | `block_{i}_project`, `_project_BN`    |
 | `conv.0` / `conv.1`              | `Conv_1` / `Conv_1_bn`                |
 | `classifier.1`                   | `predictions`                         |
+
+Every entry is checked before anything is loaded (key, type, float dtype,
+rank and shape, finite values, non-negative running variances), and one
+`ConversionError` lists every entry that fails, by key.
 """
 
 import keras
@@ -51,6 +55,14 @@ _CA_PARTS = {
     "conv_w": ("conv3", "conv_w"),
 }
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+# Part of the ImageNet cache key: bump it whenever a change here may change
+# the converted weights, so that caches written before the change are not
+# reused (`keras_coordatt.weights.imagenet`).
+CONVERTER_VERSION = 2
+
+
+class ConversionError(ValueError):
+    """A state dict that does not convert into the given model."""
 
 
 def mapping_table(num_blocks=16):
@@ -82,6 +94,13 @@ def _layer_tensors(layer, prefix):
         raise TypeError(f"No conversion for layer {layer.name!r} ({layer}).")
 
 
+# The rank each layout's PyTorch tensor must have, checked before transposing.
+_RANKS = {"conv": 4, "depthwise": 4, "dense": 2, "vector": 1}
+# Error categories, in the order the error lists them.
+_PROBLEMS = ("missing", "unexpected", "mis-shaped", "not tensors",
+             "non-float", "non-finite", "negative running variances")
+
+
 def _to_keras(array, layout):
     if layout == "conv":  # (out, in, kh, kw) -> (kh, kw, in, out)
         return np.transpose(array, (2, 3, 1, 0))
@@ -90,6 +109,36 @@ def _to_keras(array, layout):
     if layout == "dense":  # (out, in) -> (in, out)
         return np.transpose(array)
     return array
+
+
+def _is_tensor(value):
+    # np.asarray would turn a str or a dict into a 0-d object/str array and
+    # fail later with a message naming no key.
+    return isinstance(value, (np.ndarray, np.generic)) or (
+        hasattr(value, "__array__") and not isinstance(value, (str, bytes)))
+
+
+def _convert_entry(key, value, layout, expected, where):
+    """Returns `(keras array, None)` or `(None, (category, description))`."""
+    if not _is_tensor(value):
+        return None, ("not tensors", f"{key}: a {type(value).__name__}")
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        return None, ("non-float", f"{key}: dtype {array.dtype}")
+    if array.ndim != _RANKS[layout] or _to_keras(
+            array, layout).shape != expected:
+        return None, ("mis-shaped", f"{key}: checkpoint {array.shape}, "
+                      f"model layer {where} expects a rank-"
+                      f"{_RANKS[layout]} tensor that becomes {expected}")
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        return None, ("non-finite",
+                      f"{key}: {bad} of {array.size} values NaN or inf")
+    if key.endswith("running_var") and (array < 0).any():
+        return None, ("negative running variances",
+                      f"{key}: {int((array < 0).sum())} of {array.size} "
+                      f"values below 0 (min {array.min()})")
+    return _to_keras(array, layout), None
 
 
 def _ca_prefix(state_dict, prefix, part):
@@ -111,6 +160,39 @@ def _targets(model, num_blocks):
         yield layer, prefix, name
 
 
+def _parts(layer, prefix, state_dict):
+    """(sublayer, PyTorch prefix, part) triples: one, or a CA block's four."""
+    if isinstance(layer, CoordinateAttention):
+        return [(getattr(layer, part), _ca_prefix(state_dict, prefix, part),
+                 part) for part in _CA_PARTS]
+    return [(layer, prefix, None)]
+
+
+def _has_top(model):
+    try:
+        model.get_layer("predictions")
+    except ValueError:
+        return False
+    return True
+
+
+def _raise_problems(problems, model):
+    lines = [f"The checkpoint does not fit the model {model.name!r}:"]
+    for title in _PROBLEMS:
+        items = problems.get(title)
+        if items:
+            lines.append(f"  {len(items)} {title}:")
+            lines += [f"    {item}" for item in items]
+    if set(problems) & {"missing", "unexpected", "mis-shaped"}:
+        lines.append("Check that `alpha`, `classes` and `reduction` match "
+                     "the checkpoint.")
+    if set(problems) - {"missing", "unexpected", "mis-shaped"}:
+        lines.append("Values that are not finite float tensors (or negative "
+                     "variances) mean a damaged file or one that holds "
+                     "something other than trained weights.")
+    raise ConversionError("\n".join(lines))
+
+
 def convert_state_dict(state_dict, model):
     """Converts an authors'-layout state_dict into weights for `model`.
 
@@ -124,60 +206,41 @@ def convert_state_dict(state_dict, model):
         A dict `{keras layer name: [numpy arrays in layer.get_weights() order]}`.
 
     Raises:
-        ValueError: listing every missing, unexpected and mis-shaped entry.
+        ConversionError: one error listing every missing, unexpected,
+            mis-shaped (wrong rank included), non-tensor, non-float and
+            non-finite entry, and every negative running variance.
     """
     num_blocks = sum(
         1 for layer in model.layers if layer.name.endswith("_project")
     ) - 1
-    missing, mismatched, used, converted = [], [], set(), {}
-    has_top = True
+    problems, used, converted = {}, set(), {}
     for layer, prefix, name in _targets(model, num_blocks):
-        parts = [(layer, prefix, name, None)]
-        if isinstance(layer, CoordinateAttention):
-            parts = [
-                (getattr(layer, part), _ca_prefix(state_dict, prefix, part),
-                 name, part)
-                for part in _CA_PARTS
-            ]
-        for sublayer, sub_prefix, _, part in parts:
+        for sublayer, sub_prefix, part in _parts(layer, prefix, state_dict):
             values = [np.asarray(v) for v in sublayer.get_weights()]
+            where = repr(name) + (f"/{part}" if part else "")
             for index, key, layout in _layer_tensors(sublayer, sub_prefix):
                 if key not in state_dict:
-                    missing.append(key)
+                    problems.setdefault("missing", []).append(key)
                     continue
                 used.add(key)
-                value = _to_keras(np.asarray(state_dict[key]), layout)
-                if value.shape != values[index].shape:
-                    mismatched.append(
-                        f"{key}: checkpoint {tuple(state_dict[key].shape)} -> "
-                        f"{value.shape}, model layer {name!r}"
-                        f"{'/' + part if part else ''} expects "
-                        f"{values[index].shape}"
-                    )
+                value, problem = _convert_entry(
+                    key, state_dict[key], layout, values[index].shape, where)
+                if problem:
+                    problems.setdefault(problem[0], []).append(problem[1])
                     continue
                 values[index] = value.astype(values[index].dtype)
             converted.setdefault(name, {})[part] = values
-    try:
-        model.get_layer("predictions")
-    except ValueError:
-        has_top = False
+    has_top = _has_top(model)
     unexpected = sorted(
         key for key in state_dict
         if key not in used
         and not key.endswith("num_batches_tracked")
         and not (not has_top and key.startswith("classifier."))
     )
-    if missing or unexpected or mismatched:
-        lines = ["The checkpoint does not fit the model "
-                 f"{model.name!r}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", mismatched)):
-            if items:
-                lines.append(f"  {len(items)} {title}:")
-                lines += [f"    {item}" for item in items]
-        lines.append("Check that `alpha`, `classes` and `reduction` match "
-                     "the checkpoint.")
-        raise ValueError("\n".join(lines))
+    if unexpected:
+        problems["unexpected"] = unexpected
+    if problems:
+        _raise_problems(problems, model)
     return converted
 
 

@@ -445,15 +445,19 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net",
 
 
 def _kind(obj):
-    """"state dict", "tainted" (holds refused objects) or None."""
+    """"state dict", "tainted" (holds refused objects) or None.
+
+    A str-keyed mapping of mostly tensors is a state dict even with a few
+    other values: the converter then names those keys, instead of this
+    search reporting that no state dict exists.
+    """
     if not (isinstance(obj, dict) and obj and all(
             isinstance(k, str) for k in obj)):
         return None
-    if all(isinstance(v, np.ndarray) for v in obj.values()):
-        return "state dict"
-    if all(isinstance(v, (np.ndarray, Inert)) for v in obj.values()):
-        return "tainted"
-    return None
+    tensors = sum(isinstance(v, np.ndarray) for v in obj.values())
+    if any(isinstance(v, Inert) for v in obj.values()):
+        return "tainted" if tensors else None
+    return "state dict" if tensors > len(obj) / 2 else None
 
 
 def _candidates(obj):

@@ -1,0 +1,1 @@
+"""Small helpers shared by the subpackages (no Keras imports here)."""
