@@ -1,17 +1,29 @@
 """keras-coordatt: Coordinate Attention (CVPR 2021) for Keras 3."""
 
-from keras_coordatt.applications import MobileNetV2CA
-from keras_coordatt.applications import MobileNeXtCA
-from keras_coordatt.applications import decode_predictions
-from keras_coordatt.applications import preprocess_input
-from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.quiet import quiet_imports as _quiet_imports
+from keras_coordatt.quiet import running_command_line as _running_command_line
+
+# As the `keras-coordatt` command, TensorFlow's C++ start-up logs are hidden
+# (they are printed on import, here); as a library, nothing is changed.
+with _quiet_imports(verbose=not _running_command_line()):
+    from keras_coordatt.applications import MobileNetV2CA
+    from keras_coordatt.applications import MobileNeXtCA
+    from keras_coordatt.applications import decode_predictions
+    from keras_coordatt.applications import preprocess_input
+    from keras_coordatt.insertion import add_attention
+    from keras_coordatt.layers import CBAM
+    from keras_coordatt.layers import CoordinateAttention
+    from keras_coordatt.layers import SqueezeExcitation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CBAM",
     "CoordinateAttention",
     "MobileNetV2CA",
     "MobileNeXtCA",
+    "SqueezeExcitation",
+    "add_attention",
     "decode_predictions",
     "preprocess_input",
 ]

@@ -7,6 +7,9 @@ arguments; this file only dispatches, importing the module on demand.
 import importlib
 import sys
 
+from keras_coordatt.quiet import quiet_imports
+from keras_coordatt.quiet import verbose_requested
+
 COMMANDS = {
     "convert": ("keras_coordatt.weights.cli", "convert PyTorch weights"),
     "train": ("keras_coordatt.training.cli", "train or fine-tune a model"),
@@ -17,7 +20,9 @@ COMMANDS = {
 
 
 def _usage():
-    lines = ["usage: keras-coordatt COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: keras-coordatt [--verbose] COMMAND [ARGS]", "",
+             "--verbose shows TensorFlow's own logs and warnings.", "",
+             "commands:"]
     lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
     lines.append("\n`keras-coordatt COMMAND --help` describes each command.")
     return "\n".join(lines)
@@ -25,6 +30,9 @@ def _usage():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = verbose_requested(argv)
+    if argv and argv[0] == "--verbose":
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -35,7 +43,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
+    with quiet_imports(verbose):
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        import tensorflow  # noqa: F401  (its C++ start-up logs, here)
     return module.main(argv[1:])
 
 

@@ -45,6 +45,7 @@ from keras_coordatt.training import train
 from keras_coordatt.training import train_dataset
 from keras_coordatt.training import warmup_cosine
 from keras_coordatt.training import callbacks as callbacks_lib
+from keras_coordatt.training.batchnorm import recalibrate_batchnorm
 from keras_coordatt.training import cli as train_cli
 from keras_coordatt.training import data as data_lib
 
@@ -286,6 +287,45 @@ def test_transfer_recipe_phases():
     assert (full.name, full.frozen, full.epochs) == ("full", False, 10)
     assert full.learning_rate == pytest.approx(0.1 * 32 / 256 * 0.1)
     assert full.warmup_steps == 100 and full.total_steps == 1000
+
+
+def test_warmup_is_a_fraction_of_the_run_capped_in_epochs():
+    digits = get_config("digits")
+    for epochs, warmup in ((12, 44), (3, 11), (1, 4)):
+        (phase,) = plan_phases(digits.replace(epochs=epochs), 22, 64)
+        assert phase.warmup_steps == warmup, epochs
+    (phase,) = plan_phases(get_config("paper_imagenet"), 100, 256)
+    assert phase.warmup_steps == 500  # 0.025 * 200 epochs = the cap, 5
+    long = get_config("paper_imagenet", {"epochs": 400})
+    assert plan_phases(long, 100, 256)[0].warmup_steps == 500
+    with pytest.raises(ValueError, match="Received: warmup_fraction=1.5"):
+        digits.replace(warmup_fraction=1.5)
+
+
+def test_precise_batchnorm_is_the_mean_of_batch_statistics():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(2.0, 3.0, (8, 4, 4, 3)).astype("float32")
+               for _ in range(3)]
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(inputs)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    model = keras.Model(inputs, frozen(x))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.stack(batches), np.zeros((3, 8)))).repeat()
+    assert recalibrate_batchnorm(model, dataset, 3) == 3
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_mean),
+        np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0),
+        rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_variance),
+        np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0),
+        rtol=1e-4)
+    assert bn.momentum == 0.9
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(frozen.moving_mean), np.zeros(3))
 
 
 def _all_layers(model):

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from keras_coordatt.training import callbacks as callbacks_lib
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.batchnorm import recalibrate_batchnorm
 from keras_coordatt.training.models import build_model
 from keras_coordatt.training.models import preprocess_for
 from keras_coordatt.training.optimizers import build_optimizer
@@ -124,7 +125,8 @@ def plan_phases(config, steps_per_epoch, global_batch_size):
     """The training phases of `config` for a given epoch length and batch.
 
     A plain run has one `"full"` phase at `base_learning_rate` scaled to the
-    global batch, warming up for `warmup_epochs`. A transfer run with
+    global batch, warming up for `warmup_fraction` of its epochs (at most
+    `warmup_epochs`). A transfer run with
     `frozen_epochs` first trains the head on the frozen backbone at that LR
     (no warm-up), then the whole network at `finetune_learning_rate_factor`
     times it (with the warm-up).
@@ -143,13 +145,38 @@ def plan_phases(config, steps_per_epoch, global_batch_size):
         ))
     if config.epochs:
         total = config.epochs * steps_per_epoch
-        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)),
-                     total - 1)
+        epochs = min(config.warmup_epochs,
+                     config.warmup_fraction * config.epochs)
+        warmup = min(int(round(epochs * steps_per_epoch)), total - 1)
         factor = config.finetune_learning_rate_factor if config.transfer \
             else 1.0
         phases.append(Phase("full", config.epochs, peak * factor, warmup,
                             total, False))
     return phases
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one `train()` call works with, filled in step by step."""
+
+    config: TrainConfig
+    strategy: object
+    kind: str
+    policy: str
+    jit_compile: bool
+    run_dir: str
+    backup: callbacks_lib.TrainingBackup
+    state: Optional[dict]
+    started: float
+    source: object = None
+    global_batch: int = 0
+    steps_per_epoch: int = 0
+    one_hot: Optional[int] = None
+    train_data: object = None
+    val_data: object = None
+    model: Optional[keras.Model] = None
+    backbone: Optional[keras.Model] = None
+    best: Optional[float] = None
 
 
 def train(config="digits", *, overrides=None, strategy=None, source=None,
@@ -181,13 +208,31 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         config = get_config(config)
     if overrides:
         config = config.replace(**overrides)
+    run = _open_run(config, strategy, resume, started)
+    if isinstance(run, TrainResult):
+        return run
+    _load_inputs(run, source)
+    phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
+    previous_policy = set_policy(run.policy)
+    try:
+        _build(run)
+        history = {}
+        for index, phase in enumerate(phases):
+            if run.state is None or index >= run.state["phase"]:
+                _merge(history, _run_phase(run, phase, index, verbose))
+        return _finish(run, history, phases[-1].learning_rate)
+    finally:
+        set_policy(previous_policy)
+
+
+def _open_run(config, strategy, resume, started):
+    """The strategy, precision and output folder; a completed run's result
+    when there is nothing to resume."""
     if strategy is None or isinstance(strategy, str):
         strategy = get_strategy(strategy or config.strategy, config.tpu)
     kind = device_kind(strategy)
-    policy = resolve_precision(config.mixed_precision, kind)
-    jit_compile = resolve_jit_compile(config.jit_compile, kind)
-    output_dir = config.output_dir or default_output_dir(config)
-    run_dir = worker_dir(output_dir, strategy)
+    run_dir = worker_dir(config.output_dir or default_output_dir(config),
+                         strategy)
     os.makedirs(run_dir, exist_ok=True)
     backup = callbacks_lib.TrainingBackup(os.path.join(run_dir, "backup"))
     state = backup.read_state()
@@ -205,7 +250,18 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
                   flush=True)
             return _result_from_file(done, config, started)
         print(f"No backup in {run_dir}: starting a new run.", flush=True)
+    return _Run(
+        config=config, strategy=strategy, kind=kind,
+        policy=resolve_precision(config.mixed_precision, kind),
+        jit_compile=resolve_jit_compile(config.jit_compile, kind),
+        run_dir=run_dir, backup=backup, state=state, started=started,
+        best=state.get("best") if state else None,
+    )
 
+
+def _load_inputs(run, source):
+    """Seeds, the image source and the training / validation pipelines."""
+    config, state, strategy = run.config, run.state, run.strategy
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -218,118 +274,96 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
             val_split=config.val_split,
             eval_crop_fraction=config.eval_crop_fraction,
         )
-    global_batch = config.per_replica_batch_size * (
+    run.source = source
+    run.global_batch = global_batch = config.per_replica_batch_size * (
         strategy.num_replicas_in_sync
     )
-    steps_per_epoch = source.train_examples // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"The training split has {source.train_examples} examples, fewer "
-            f"than one global batch. Received: per_replica_batch_size="
-            f"{config.per_replica_batch_size} x "
-            f"{strategy.num_replicas_in_sync} replicas = {global_batch}"
-        )
-    if state is not None and state.get("steps_per_epoch") not in (
-        None, steps_per_epoch
-    ):
-        raise ValueError(
-            "The backup was written with "
-            f"{state['steps_per_epoch']} steps per epoch, this run has "
-            f"{steps_per_epoch} (global batch {global_batch}). Resume with "
-            "the batch size and number of replicas of the interrupted run. "
-            f"Received: per_replica_batch_size={config.per_replica_batch_size}"
-        )
-    phases = plan_phases(config, steps_per_epoch, global_batch)
-    one_hot = source.num_classes if config.label_smoothing else None
+    run.steps_per_epoch = source.train_examples // global_batch
+    _check_steps(run)
+    run.one_hot = source.num_classes if config.label_smoothing else None
     preprocess = preprocess_for(config.model)
     # A resumed run must not replay the data order of the run's start.
     data_seed = config.seed + (
         1_000_003 * state["phase"] + state["iterations"] if state else 0
     )
-    train_data = data_lib.train_dataset(
+    run.train_data = data_lib.train_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, strategy=strategy,
         scale=config.random_crop_scale, ratio=config.random_crop_ratio,
         horizontal_flip=config.horizontal_flip,
         shuffle_buffer=config.shuffle_buffer, cache=config.cache,
         seed=data_seed, deterministic=config.deterministic,
-        num_classes=one_hot,
+        num_classes=run.one_hot,
     )
-    val_data = data_lib.eval_dataset(
+    run.val_data = data_lib.eval_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, crop_fraction=config.eval_crop_fraction,
-        cache=config.cache, drop_remainder=kind == "tpu",
-        num_classes=one_hot,
+        cache=config.cache, drop_remainder=run.kind == "tpu",
+        num_classes=run.one_hot,
     )
 
-    previous_policy = set_policy(policy)
-    try:
-        with strategy.scope():
-            model, backbone = build_model(
-                config.model, source.num_classes,
-                image_size=config.image_size, alpha=config.alpha,
-                weights=config.weights, reduction=config.reduction,
-                attention=config.attention, transfer=config.transfer,
-                head_dropout=config.head_dropout,
-                finetune_batchnorm=config.finetune_batchnorm, policy=policy,
-            )
-        if state is None:
-            _clear_logs(run_dir)
-        with open(os.path.join(run_dir, CONFIG_FILE), "w",
-                  encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=2)
-        print(
-            f"Training {model.name} on {source.name}: "
-            f"{source.train_examples} training / {source.val_examples} "
-            f"validation images, {source.num_classes} classes; "
-            f"{strategy.num_replicas_in_sync} replica(s) on {kind}, global "
-            f"batch {global_batch}, {steps_per_epoch} steps/epoch, "
-            f"policy {policy}, XLA {'on' if jit_compile else 'off'}.",
-            flush=True,
+
+def _check_steps(run):
+    config, state = run.config, run.state
+    replicas = run.strategy.num_replicas_in_sync
+    if run.steps_per_epoch < 1:
+        raise ValueError(
+            f"The training split has {run.source.train_examples} examples, "
+            f"fewer than one global batch. Received: per_replica_batch_size="
+            f"{config.per_replica_batch_size} x {replicas} replicas = "
+            f"{run.global_batch}"
         )
-        if config.tensorboard and not callbacks_lib.tensorboard_available():
-            print("TensorBoard logs skipped: the tensorboard package is not "
-                  "installed.", flush=True)
-        best = state.get("best") if state else None
-        history = {}
-        for index, phase in enumerate(phases):
-            if state is not None and index < state["phase"]:
-                continue
-            phase_history, best = _run_phase(
-                model, backbone, phase, index, config, strategy,
-                jit_compile, one_hot, train_data, val_data, run_dir, backup,
-                state if state and index == state["phase"] else None,
-                best, steps_per_epoch, verbose,
-            )
-            _merge(history, phase_history)
-        metrics = model.evaluate(val_data, return_dict=True, verbose=0)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        model_path = os.path.join(run_dir, MODEL_FILE)
-        model.save(model_path)
-        iterations = int(model.optimizer.iterations.numpy())
-        result = TrainResult(
-            model=model, metrics=metrics, model_path=model_path,
-            output_dir=run_dir, history=history,
-            optimizer_iterations=iterations,
-            steps_per_epoch=steps_per_epoch, global_batch_size=global_batch,
-            learning_rate=phases[-1].learning_rate, resumed_from=state,
-            wall_time=time.time() - started, config=config,
+    if state is not None and state.get("steps_per_epoch") not in (
+        None, run.steps_per_epoch
+    ):
+        raise ValueError(
+            "The backup was written with "
+            f"{state['steps_per_epoch']} steps per epoch, this run has "
+            f"{run.steps_per_epoch} (global batch {run.global_batch}). "
+            "Resume with the batch size and number of replicas of the "
+            "interrupted run. Received: per_replica_batch_size="
+            f"{config.per_replica_batch_size}"
         )
-        _write_results(result)
-        backup.clear()
-        return result
-    finally:
-        set_policy(previous_policy)
 
 
-def _run_phase(model, backbone, phase, index, config, strategy, jit_compile,
-               one_hot, train_data, val_data, run_dir, backup, state, best,
-               steps_per_epoch, verbose):
-    """Compiles for `phase`, restores/marks the backup, fits; returns the
-    phase's history and the best monitored value."""
-    if backbone is not None:
-        backbone.trainable = not phase.frozen
-    with strategy.scope():
+def _build(run):
+    """The model, in the strategy's scope; the run's config file."""
+    config = run.config
+    with run.strategy.scope():
+        run.model, run.backbone = build_model(
+            config.model, run.source.num_classes,
+            image_size=config.image_size, alpha=config.alpha,
+            weights=config.weights, reduction=config.reduction,
+            attention=config.attention, transfer=config.transfer,
+            head_dropout=config.head_dropout,
+            finetune_batchnorm=config.finetune_batchnorm, policy=run.policy,
+        )
+    if run.state is None:
+        _clear_logs(run.run_dir)
+    with open(os.path.join(run.run_dir, CONFIG_FILE), "w",
+              encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    source = run.source
+    print(
+        f"Training {run.model.name} on {source.name}: "
+        f"{source.train_examples} training / {source.val_examples} "
+        f"validation images, {source.num_classes} classes; "
+        f"{run.strategy.num_replicas_in_sync} replica(s) on {run.kind}, "
+        f"global batch {run.global_batch}, {run.steps_per_epoch} "
+        f"steps/epoch, policy {run.policy}, XLA "
+        f"{'on' if run.jit_compile else 'off'}.",
+        flush=True,
+    )
+    if config.tensorboard and not callbacks_lib.tensorboard_available():
+        print("TensorBoard logs skipped: the tensorboard package is not "
+              "installed.", flush=True)
+
+
+def _compile(run, phase):
+    config, model = run.config, run.model
+    if run.backbone is not None:
+        run.backbone.trainable = not phase.frozen
+    with run.strategy.scope():
         optimizer = build_optimizer(
             model, optimizer=config.optimizer,
             learning_rate=phase.learning_rate, total_steps=phase.total_steps,
@@ -339,59 +373,101 @@ def _run_phase(model, backbone, phase, index, config, strategy, jit_compile,
             weight_decay=config.weight_decay,
         )
         model.compile(
-            optimizer=optimizer, loss=_loss(config, one_hot),
-            metrics=_metrics(model, one_hot), jit_compile=jit_compile,
+            optimizer=optimizer, loss=_loss(config, run.one_hot),
+            metrics=_metrics(model, run.one_hot),
+            jit_compile=run.jit_compile,
             steps_per_execution=config.steps_per_execution,
         )
         # Creating the optimizer's variables now, not in the first step,
         # spares tf.function a second trace of the train step (it re-traces
         # functions that create variables): half the start-up time.
         model.optimizer.build(model.trainable_variables)
+
+
+def _run_phase(run, phase, index, verbose):
+    """Compiles for `phase`, restores/marks the backup and fits; returns
+    the phase's history (and keeps the best monitored value in `run`)."""
+    _compile(run, phase)
     tag = "" if phase.name == "full" else phase.name
-    extra = {"steps_per_epoch": steps_per_epoch}
+    extra = {"steps_per_epoch": run.steps_per_epoch}
     callbacks, backup_callback, best_checkpoint = (
         callbacks_lib.make_callbacks(
-            run_dir, backup=backup, save_every=config.backup_every,
-            phase=index, tag=tag, tensorboard=config.tensorboard, best=best,
-            extra=extra,
+            run.run_dir, backup=run.backup, save_every=run.config.backup_every,
+            phase=index, tag=tag, tensorboard=run.config.tensorboard,
+            best=run.best, extra=extra,
         )
     )
-    epoch, step = 0, 0
-    if state is not None:
-        backup.restore(model, state)
-        epoch, step = state["epoch"], state["step"]
-        callbacks_lib.truncate_csv(
-            callbacks_lib.csv_log_path(run_dir, tag), epoch
-        )
-        print(
-            f"Resumed from the backup: phase {phase.name}, epoch "
-            f"{epoch + 1}/{phase.epochs}, step {step}/{steps_per_epoch}, "
-            f"optimizer step {state['iterations']}.",
-            flush=True,
-        )
-    elif index > 0:
-        # Phase boundary: a restart resumes here, with this phase's
-        # optimizer.
-        backup.save(model, phase=index, epoch=0, step=0, best=best, **extra)
+    state = run.state if run.state and index == run.state["phase"] else None
+    epoch, step = _restore(run, phase, index, state, tag, extra)
     history = {}
     fit = dict(
-        x=train_data, validation_data=val_data, callbacks=callbacks,
+        x=run.train_data, validation_data=run.val_data, callbacks=callbacks,
         verbose=verbose, shuffle=False,
     )
-    if 0 < step < steps_per_epoch and epoch < phase.epochs:
+    if 0 < step < run.steps_per_epoch and epoch < phase.epochs:
         # Finish the interrupted epoch with exactly its missing steps.
         backup_callback.step_offset = step
-        _merge(history, model.fit(
+        _merge(history, run.model.fit(
             initial_epoch=epoch, epochs=epoch + 1,
-            steps_per_epoch=steps_per_epoch - step, **fit,
+            steps_per_epoch=run.steps_per_epoch - step, **fit,
         ).history)
         epoch += 1
     if epoch < phase.epochs:
-        _merge(history, model.fit(
+        _merge(history, run.model.fit(
             initial_epoch=epoch, epochs=phase.epochs,
-            steps_per_epoch=steps_per_epoch, **fit,
+            steps_per_epoch=run.steps_per_epoch, **fit,
         ).history)
-    return history, best_checkpoint.best
+    run.best = best_checkpoint.best
+    return history
+
+
+def _restore(run, phase, index, state, tag, extra):
+    """Restores an interrupted phase (or marks a new one's start); returns
+    the epoch and step to continue from."""
+    if state is not None:
+        run.backup.restore(run.model, state)
+        callbacks_lib.truncate_csv(
+            callbacks_lib.csv_log_path(run.run_dir, tag), state["epoch"]
+        )
+        print(
+            f"Resumed from the backup: phase {phase.name}, epoch "
+            f"{state['epoch'] + 1}/{phase.epochs}, step {state['step']}/"
+            f"{run.steps_per_epoch}, optimizer step {state['iterations']}.",
+            flush=True,
+        )
+        return state["epoch"], state["step"]
+    if index > 0:
+        # Phase boundary: a restart resumes here, with this phase's
+        # optimizer.
+        run.backup.save(run.model, phase=index, epoch=0, step=0,
+                        best=run.best, **extra)
+    return 0, 0
+
+
+def _finish(run, history, learning_rate):
+    """Precise BatchNorm, the final evaluation, the model and results."""
+    model, config = run.model, run.config
+    if config.bn_recalibration_steps:
+        used = recalibrate_batchnorm(
+            model, run.train_data, config.bn_recalibration_steps,
+            run.strategy)
+        print(f"BatchNorm statistics recomputed on {used} training batches "
+              "with the final weights.", flush=True)
+    metrics = model.evaluate(run.val_data, return_dict=True, verbose=0)
+    model_path = os.path.join(run.run_dir, MODEL_FILE)
+    model.save(model_path)
+    result = TrainResult(
+        model=model, metrics={k: float(v) for k, v in metrics.items()},
+        model_path=model_path, output_dir=run.run_dir, history=history,
+        optimizer_iterations=int(model.optimizer.iterations.numpy()),
+        steps_per_epoch=run.steps_per_epoch,
+        global_batch_size=run.global_batch, learning_rate=learning_rate,
+        resumed_from=run.state, wall_time=time.time() - run.started,
+        config=config,
+    )
+    _write_results(result)
+    run.backup.clear()
+    return result
 
 
 def _loss(config, one_hot):

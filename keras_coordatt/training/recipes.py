@@ -85,14 +85,22 @@ class TrainConfig:
         weight_decay: Keras' decoupled weight decay, applied every step as
             `w -= lr * weight_decay * w` to kernels only (never to BatchNorm
             scales/offsets or biases).
-        warmup_epochs: linear warm-up from 0 to the peak LR (full training
-            phase), then a cosine decay to `final_learning_rate_fraction *
-            peak` at the end of training.
+        warmup_fraction: share of the full training phase spent in a
+            linear warm-up from 0 to the peak LR, then a cosine decay to
+            `final_learning_rate_fraction * peak` at the end of training.
+            A fraction, so that a short run (`epochs=3`) warms up briefly.
+        warmup_epochs: the most epochs the warm-up may take, whatever the
+            fraction (the paper's recipe: 5 of 200).
         final_learning_rate_fraction: where the cosine ends, relative to the
             peak.
         finetune_learning_rate_factor: with `transfer`, the LR of the
             full-network phase relative to the frozen phase.
         label_smoothing: label smoothing of the cross-entropy.
+        bn_recalibration_steps: after training, recompute the BatchNorm
+            moving statistics as the mean over this many training batches
+            with the final weights (precise BN; see
+            `keras_coordatt.training.batchnorm`); 0 keeps the moving
+            averages. It matters for short runs.
 
     Runtime:
         strategy: `"auto"`, `"tpu"`, `"gpu"`, `"cpu"` or `"multi_worker"`
@@ -145,10 +153,12 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 4e-4
+    warmup_fraction: float = 0.025
     warmup_epochs: float = 5.0
     final_learning_rate_fraction: float = 0.0
     finetune_learning_rate_factor: float = 0.1
     label_smoothing: float = 0.0
+    bn_recalibration_steps: int = 0
     # Runtime.
     strategy: str = "auto"
     tpu: Optional[str] = None
@@ -181,6 +191,7 @@ class TrainConfig:
                      "steps_per_execution"):
             _at_least(name, getattr(self, name), 1)
         for name in ("epochs", "frozen_epochs", "backup_every",
+                     "bn_recalibration_steps",
                      "warmup_epochs", "weight_decay", "momentum",
                      "final_learning_rate_fraction", "label_smoothing",
                      "head_dropout", "finetune_learning_rate_factor"):
@@ -189,6 +200,11 @@ class TrainConfig:
             raise ValueError(
                 "`image_size` must be at least 32 (the models' minimum "
                 f"input). Received: image_size={self.image_size}"
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(
+                "`warmup_fraction` must be in [0, 1). "
+                f"Received: warmup_fraction={self.warmup_fraction}"
             )
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
@@ -257,9 +273,9 @@ def _paper_imagenet():
     #   amplifies it 1 / (1 - 0.9) = 10x at steady state; Keras' decay is
     #   decoupled (w -= lr * wd * w, not through momentum), so the equivalent
     #   Keras value is 4e-5 / (1 - 0.9) = 4e-4.
-    # - 5 warm-up epochs (Goyal et al.), so that linearly scaled LRs on
-    #   large TPU/GPU batches start safely; `warmup_epochs=0` is the paper's
-    #   schedule to the letter.
+    # - 5 warm-up epochs (Goyal et al.; 5 / 200 = 0.025 of the run), so that
+    #   linearly scaled LRs on large TPU/GPU batches start safely;
+    #   `warmup_epochs=0` is the paper's schedule to the letter.
     return TrainConfig(
         model="mobilenetv2_ca",
         alpha=1.0,
@@ -276,6 +292,7 @@ def _paper_imagenet():
         base_batch_size=256,
         momentum=0.9,
         weight_decay=4e-4,
+        warmup_fraction=0.025,
         warmup_epochs=5,
         final_learning_rate_fraction=0.0,
         label_smoothing=0.0,
@@ -303,6 +320,7 @@ def _transfer():
         base_learning_rate=0.1,
         momentum=0.9,
         weight_decay=4e-5,
+        warmup_fraction=0.1,
         warmup_epochs=1,
         finetune_learning_rate_factor=0.1,
         backup_every=0,
@@ -330,7 +348,9 @@ def _digits():
         base_learning_rate=0.05,
         momentum=0.9,
         weight_decay=5e-4,
+        warmup_fraction=1 / 6,  # 2 of the recipe's 12 epochs
         warmup_epochs=2,
+        bn_recalibration_steps=16,
         backup_every=0,
     )
 
