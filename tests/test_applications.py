@@ -10,6 +10,7 @@ from keras_coordatt import CoordinateAttention
 from keras_coordatt import MobileNetV2CA
 from keras_coordatt import MobileNeXtCA
 from keras_coordatt import decode_predictions
+from keras_coordatt import SqueezeExcitation
 from keras_coordatt import preprocess_input
 from keras_coordatt.applications import imagenet_utils as utils
 from keras_coordatt.applications import mobilenet_v2_ca
@@ -39,6 +40,37 @@ def test_attention_adds_the_documented_parameters():
 def test_mobilenext_ca_parameter_counts():
     assert trainable_params(MobileNeXtCA()) == 3_971_626
     assert trainable_params(MobileNeXtCA(attention=False)) == 3_535_416
+
+
+# The paper's table: MobileNetV2 3.5M, + SE 3.89M, + CBAM 3.89M, + CA 3.95M;
+# SE and CBAM at CA's places with their default reduction 24.
+@pytest.mark.parametrize("attention,v2,mobilenext", [
+    ("ca", 3_950_648, 3_971_626), ("se", 3_890_136, 3_914_784),
+    ("cbam", 3_891_736, 3_916_284), (None, 3_504_872, 3_535_416)])
+def test_attention_kinds_parameter_counts(attention, v2, mobilenext):
+    model = MobileNetV2CA(weights=None, attention=attention)
+    assert trainable_params(model) == v2
+    assert trainable_params(MobileNeXtCA(attention=attention)) == mobilenext
+    blocks = [l.name for l in model.layers
+              if l.name.endswith(f"_{attention}") and l.name.startswith(
+                  "block_")]
+    assert blocks == ([f"block_{i}_{attention}" for i in range(1, 17)]
+                      if attention else [])
+
+
+def test_attention_callable_gets_the_channel_count():
+    seen = []
+
+    def block(channels):
+        seen.append(channels)
+        return SqueezeExcitation(reduction=16, name=f"mine_{len(seen)}")
+
+    model = MobileNetV2CA(weights=None, attention=block, alpha=0.35,
+                          include_top=False, input_shape=(32, 32, 3))
+    assert seen[:3] == [48, 48, 48] and len(seen) == 16
+    assert model.get_layer("mine_16").channels == seen[-1]
+    with pytest.raises(ValueError, match="attention='se'"):
+        MobileNetV2CA(attention="se")
 
 
 def _ca_layers(model):
@@ -216,6 +248,7 @@ BUILDERS = [MobileNetV2CA, MobileNeXtCA]
         ("attention", "CA", "attention='CA'"),
         ("attention", 1, "attention=1"),
         ("attention", 0.0, "attention=0.0"),
+        ("attention", CoordinateAttention, "attention=<class"),
         ("weights", 3, "weights=3"),
     ],
 )
@@ -224,7 +257,8 @@ def test_bad_arguments_are_named(builder, argument, value, received):
     accepted = {"alpha": "positive, finite number",
                 "input_shape": "three positive integers",
                 "classes": "positive integer",
-                "attention": r"one of \(True, False, None, 'ca'\)",
+                "attention": r"one of \(True, False, None, 'ca', 'se', "
+                             r"'cbam'\) or a callable",
                 "weights": "either `None`"}[argument]
     kwargs = {"weights": None, argument: value}
     with pytest.raises(ValueError, match=accepted) as info:

@@ -13,7 +13,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.layers.registry import attention_names
+from keras_coordatt.layers.registry import get_attention
 
 # The preprocessing the authors' PyTorch weights expect (torchvision's).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,7 +27,9 @@ _CLASS_INDEX_PATH = os.path.join(
 _CLASS_INDEX = None
 # What `attention=` accepts: True and "ca" insert coordinate attention, False
 # and None insert none. Other kinds of attention are to be added here.
-ATTENTION_CHOICES = (True, False, None, "ca")
+# `attention=`: a registered kind, True ("ca"), False / None (no blocks), or
+# a callable `f(channels) -> layer` (not listed here).
+ATTENTION_CHOICES = (True, False, None) + attention_names()
 
 
 def make_divisible(value, divisor=8, min_value=None):
@@ -168,17 +171,20 @@ def validate_classes(classes, include_top):
 
 
 def validate_attention(attention):
-    """Checks `attention` against `ATTENTION_CHOICES`.
+    """Checks `attention` against `ATTENTION_CHOICES` (or a callable).
 
     Returns:
-        `"ca"` (True or "ca": coordinate attention) or `None` (False or
-        None: no attention blocks).
+        A registered kind (`"ca"` for True), the callable, or `None` (False
+        or None: no attention blocks).
     """
+    if callable(attention) and not isinstance(attention, type):
+        return attention
     # `in` compares with ==, which would let 1, 0 and 0.0 pass as booleans.
     if not (isinstance(attention, (bool, str, type(None)))
             and attention in ATTENTION_CHOICES):
         raise ValueError(
-            f"`attention` must be one of {ATTENTION_CHOICES}. "
+            f"`attention` must be one of {ATTENTION_CHOICES} or a callable "
+            "that returns a layer for a channel count. "
             f"Received: attention={attention!r}"
         )
     if attention is True:
@@ -453,8 +459,19 @@ def conv_bn(x, filters, kernel_size, strides, name, bn_name, relu_name=None,
     return x
 
 
-def coordinate_attention(x, reduction, name):
-    return CoordinateAttention(reduction=reduction, name=name)(x)
+def attention_block(x, kind, reduction, prefix):
+    """The attention block `kind` (validated) applied to `x`, or `x`.
+
+    A registered kind is named `{prefix}{kind}` (`block_3_ca`, `block_3_se`)
+    and built with `reduction` (None: the kind's own default); a callable is
+    called with the channel count of `x` and keeps its layer's name.
+    """
+    if kind is None:
+        return x
+    if callable(kind):
+        return kind(channels(x))(x)
+    options = {} if reduction is None else {"reduction": reduction}
+    return get_attention(kind)(name=f"{prefix}{kind}", **options)(x)
 
 
 def channels(x):

@@ -36,8 +36,8 @@ def _inverted_res_block(x, expansion, filters, stride, block_id, attention,
         x, None, 3, stride, f"{prefix}depthwise", f"{prefix}depthwise_BN",
         f"{prefix}depthwise_relu", depthwise=True,
     )
-    if expansion != 1 and attention:
-        x = utils.coordinate_attention(x, reduction, f"{prefix}ca")
+    if expansion != 1:
+        x = utils.attention_block(x, attention, reduction, prefix)
     x = utils.conv_bn(
         x, filters, 1, 1, f"{prefix}project", f"{prefix}project_BN"
     )
@@ -56,7 +56,7 @@ def MobileNetV2CA(
     classes=1000,
     classifier_activation="softmax",
     name=None,
-    reduction=32,
+    reduction=None,
     attention=True,
 ):
     """Instantiates MobileNetV2 with coordinate attention.
@@ -91,10 +91,16 @@ def MobileNetV2CA(
         classifier_activation: activation of the top layer (`None` for
             logits); only `None` or `"softmax"` with pretrained weights.
         name: model name; defaults to `mobilenetv2_ca_{alpha:0.2f}_{rows}`.
-        reduction: reduction ratio of the attention blocks (32 in the paper).
-        attention: whether to insert the attention blocks: `True` or
-            `"ca"` (coordinate attention), `False` or `None` (plain
-            MobileNetV2 with the same padding and layer names).
+        reduction: reduction ratio of the attention blocks; None takes
+            each kind's default: 32 for CA (the paper), 24 for SE and CBAM
+            (the ratio that gives the paper's 3.89M parameters for
+            MobileNetV2 + SE and + CBAM).
+        attention: the attention blocks, at CA's places: `"ca"` or `True`
+            (coordinate attention), `"se"` (squeeze-and-excitation),
+            `"cbam"`, `False` or `None` (plain MobileNetV2 with the same padding
+            and layer names), or a callable `f(channels) -> layer`. Blocks
+            are named `block_{i}_{kind}`; a callable's layers keep their
+            own names.
 
     Returns:
         A `keras.Model`.
@@ -118,10 +124,10 @@ def MobileNetV2CA(
                 "(the only width the authors published); "
                 f"Received: alpha={alpha}"
             )
-        if reduction != 32 or kind != "ca":
+        if reduction not in (None, 32) or kind != "ca":
             raise ValueError(
                 "The imagenet weights need `reduction=32` and "
-                f"`attention=True`. Received: reduction={reduction}, "
+                f"`attention='ca'` (or True). Received: reduction={reduction}, "
                 f"attention={attention!r}"
             )
         utils.warn_if_unusual_size(rows, cols)

@@ -44,8 +44,7 @@ def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
             x, None, 3, 1, f"{prefix}dw1", f"{prefix}dw1_BN",
             f"{prefix}dw1_relu", depthwise=True,
         )
-        if attention:
-            x = utils.coordinate_attention(x, reduction, f"{prefix}ca")
+        x = utils.attention_block(x, attention, reduction, prefix)
     x = utils.conv_bn(x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN")
     x = utils.conv_bn(
         x, filters, 1, 1, f"{prefix}expand", f"{prefix}expand_BN",
@@ -71,7 +70,7 @@ def MobileNeXtCA(
     classes=1000,
     classifier_activation="softmax",
     name=None,
-    reduction=32,
+    reduction=None,
     attention=True,
 ):
     """Instantiates MobileNeXt with coordinate attention.
@@ -102,10 +101,16 @@ def MobileNeXtCA(
         classifier_activation: activation of the top layer (`None` for
             logits).
         name: model name; defaults to `mobilenext_ca_{alpha:0.2f}_{rows}`.
-        reduction: reduction ratio of the attention blocks (32 in the paper).
-        attention: whether to insert the attention blocks: `True` or
-            `"ca"` (coordinate attention), `False` or `None` (plain
-            MobileNeXt, 3,535,416 trainable parameters at alpha 1.0).
+        reduction: reduction ratio of the attention blocks; None takes
+            each kind's default: 32 for CA (the paper), 24 for SE and CBAM
+            (the ratio that gives the paper's 3.89M parameters for
+            MobileNetV2 + SE and + CBAM).
+        attention: the attention blocks, at CA's places: `"ca"` or `True`
+            (coordinate attention), `"se"` (squeeze-and-excitation),
+            `"cbam"`, `False` or `None` (plain MobileNeXt with the same padding
+            and layer names), or a callable `f(channels) -> layer`. Blocks
+            are named `block_{i}_{kind}`; a callable's layers keep their
+            own names.
 
     Returns:
         A `keras.Model`.

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from keras_coordatt.layers.registry import attention_names
 from keras_coordatt.training.fit import train
 from keras_coordatt.training.recipes import PRECISIONS
 from keras_coordatt.training.recipes import RECIPES
@@ -69,6 +70,8 @@ def build_parser():
     parser.add_argument("--model", choices=("mobilenetv2_ca",
                                             "mobilenext_ca"))
     parser.add_argument("--alpha", type=float, help="width multiplier")
+    parser.add_argument("--attention", choices=attention_names() + ("none",),
+                        help="attention blocks (none: the plain network)")
     parser.add_argument(
         "--dataset",
         help="digits (offline), tfds:NAME (e.g. tfds:imagenet2012, "
@@ -127,6 +130,8 @@ def resolve_config(args):
         }[args.jit_compile]
     if args.deterministic:
         overrides["deterministic"] = True
+    if args.attention is not None:
+        overrides["attention"] = args.attention != "none" and args.attention
     return get_config(name, overrides)
 
 

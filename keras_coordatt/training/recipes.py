@@ -19,10 +19,13 @@ import os
 import typing
 from typing import Optional, Tuple, Union
 
+from keras_coordatt.layers.registry import attention_names
+
 MODEL_NAMES = ("mobilenetv2_ca", "mobilenext_ca")
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+ATTENTIONS = (True, False) + attention_names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +35,11 @@ class TrainConfig:
     Model:
         model: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
         alpha: width multiplier.
-        reduction: reduction ratio of the attention blocks.
-        attention: False trains the plain network (the paper's baseline).
+        reduction: reduction ratio of the attention blocks; None takes the
+            kind's default (32 for CA, 24 for SE and CBAM).
+        attention: the attention blocks: `"ca"` (or True), `"se"`,
+            `"cbam"`, or False for the plain network (the paper's
+            baseline).
         weights: `None` (random init), `"imagenet"` or a weights file. With
             `transfer`, the weights of the backbone.
         transfer: replace the classifier by a fresh one on the pooled
@@ -120,8 +126,8 @@ class TrainConfig:
     # Model.
     model: str = "mobilenetv2_ca"
     alpha: float = 1.0
-    reduction: int = 32
-    attention: bool = True
+    reduction: Optional[int] = None
+    attention: Union[bool, str] = True
     weights: Optional[str] = None
     transfer: bool = False
     head_dropout: float = 0.2
@@ -182,11 +188,14 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        _choice("attention", self.attention, ATTENTIONS)
         if isinstance(self.jit_compile, str):
             _choice("jit_compile", self.jit_compile, ("auto", True, False))
         for name in ("alpha", "base_learning_rate", "eval_crop_fraction"):
             _at_least(name, getattr(self, name), 0.0, strict=True)
-        for name in ("reduction", "image_size", "per_replica_batch_size",
+        if self.reduction is not None:
+            _at_least("reduction", self.reduction, 1)
+        for name in ("image_size", "per_replica_batch_size",
                      "base_batch_size", "shuffle_buffer",
                      "steps_per_execution"):
             _at_least(name, getattr(self, name), 1)
@@ -481,12 +490,12 @@ def _coerce(name, value, hint):
             return None
         (hint,) = [a for a in args if a is not type(None)]
         return _coerce(name, value, hint)
-    if origin is Union:  # Union[bool, str]: jit_compile
+    if origin is Union:  # Union[bool, str]: jit_compile, attention
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if isinstance(value, (bool, str)):
             return value
-        raise _type_error(name, value, "a bool or 'auto'")
+        raise _type_error(name, value, "a bool or a name")
     if origin in (tuple, Tuple):
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_coerce(name, v, a) for v, a in zip(value, args))
