@@ -21,17 +21,15 @@ import sys
 
 import numpy as np
 
-MODELS = ("mobilenetv2_ca", "mobilenext_ca")
-
-
 def _parser():
     p = argparse.ArgumentParser(
         prog="keras-coordatt quantize",
         description="Quantization-aware fine-tuning and int8 TFLite export.",
     )
     p.add_argument("--model", default="mobilenetv2_ca",
-                   help="mobilenetv2_ca, mobilenext_ca, or a .keras file of "
-                        "a trained float model")
+                   help="a registered application (mobilenetv2_ca, "
+                        "mobilenext_ca) or a .keras file of a trained float "
+                        "model")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet', 'none', or a weights file (.weights.h5,"
@@ -100,15 +98,9 @@ def _build_model(args, classes):
 
     if args.model.endswith(".keras"):
         return keras.models.load_model(args.model)
-    if args.model not in MODELS:
-        raise ValueError(
-            f"--model must be one of {MODELS} or a .keras file. "
-            f"Received: {args.model!r}"
-        )
-    from keras_coordatt import MobileNetV2CA
-    from keras_coordatt import MobileNeXtCA
+    from keras_coordatt.applications.registry import get_application
 
-    cls = MobileNetV2CA if args.model == "mobilenetv2_ca" else MobileNeXtCA
+    cls = get_application(args.model)
     shape = (args.image_size, args.image_size, 3)
     weights = None if args.weights.lower() == "none" else args.weights
     if weights is None:

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
 from keras_coordatt.training.fit import train
 from keras_coordatt.training.recipes import PRECISIONS
@@ -67,8 +68,7 @@ def build_parser():
         help="override any config field (repeatable), e.g. --set "
         "warmup_epochs=0 --set random_crop_scale=[0.5,1]",
     )
-    parser.add_argument("--model", choices=("mobilenetv2_ca",
-                                            "mobilenext_ca"))
+    parser.add_argument("--model", choices=application_names())
     parser.add_argument("--alpha", type=float, help="width multiplier")
     parser.add_argument("--attention", choices=attention_names() + ("none",),
                         help="attention blocks (none: the plain network)")

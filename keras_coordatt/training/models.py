@@ -2,29 +2,8 @@
 
 import keras
 
-from keras_coordatt.applications import mobilenet_v2_ca
-from keras_coordatt.applications import mobilenext_ca
-
-MODELS = {
-    "mobilenetv2_ca": (mobilenet_v2_ca.MobileNetV2CA,
-                       mobilenet_v2_ca.preprocess_input),
-    "mobilenext_ca": (mobilenext_ca.MobileNeXtCA,
-                      mobilenext_ca.preprocess_input),
-}
-
-
-def _entry(name):
-    if name not in MODELS:
-        raise ValueError(
-            f"Unknown model. Received: model={name!r}; accepted: "
-            f"{', '.join(MODELS)}"
-        )
-    return MODELS[name]
-
-
-def preprocess_for(name):
-    """The `preprocess_input` of model `name` ([0, 255] RGB -> input)."""
-    return _entry(name)[1]
+from keras_coordatt.applications.registry import get_application
+from keras_coordatt.applications.registry import preprocess_for  # noqa: F401
 
 
 def build_model(name, num_classes, *, image_size=224, alpha=1.0,
@@ -36,7 +15,7 @@ def build_model(name, num_classes, *, image_size=224, alpha=1.0,
     Call it inside the strategy's scope, after setting the dtype policy.
 
     Args:
-        name: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
+        name: a registered application (`applications.registry`).
         num_classes: classes of the softmax output.
         image_size: square input side.
         alpha, reduction, attention: the application's arguments.
@@ -55,7 +34,7 @@ def build_model(name, num_classes, *, image_size=224, alpha=1.0,
         `(model, backbone)`: the Keras model, and with `transfer` the
         backbone sub-model to freeze (else None).
     """
-    constructor = _entry(name)[0]
+    constructor = get_application(name)
     mixed = policy != "float32"
     shape = (image_size, image_size, 3)
     if transfer:

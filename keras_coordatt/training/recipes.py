@@ -19,9 +19,10 @@ import os
 import typing
 from typing import Optional, Tuple, Union
 
+from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
 
-MODEL_NAMES = ("mobilenetv2_ca", "mobilenext_ca")
+MODEL_NAMES = application_names()
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
