@@ -22,6 +22,8 @@ from keras_coordatt import MobileNeXtCA
 from keras_coordatt import quantization as q
 from keras_coordatt.quantization.data import load_digits
 from keras_coordatt.quantization.data import shift_augment
+from keras_coordatt.layers import CBAM
+from keras_coordatt.layers import SqueezeExcitation
 from keras_coordatt.quantization.layers import fake_quant_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -531,3 +533,200 @@ def test_qat_fit_under_mirrored_strategy():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "STRATEGY_OK 2" in result.stdout
+
+
+# ------------------------------------------- SE and CBAM: every attention
+
+_run_benchmarks = None
+
+
+def _delegate_report(blob):
+    """benchmarks/run.py's `delegate_report`: ops, XNNPACK partitions and
+    the ops left to the builtin kernels."""
+    global _run_benchmarks
+    if _run_benchmarks is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks_run", os.path.join(ROOT, "benchmarks", "run.py"))
+        _run_benchmarks = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_run_benchmarks)
+    return _run_benchmarks.delegate_report(blob)
+
+
+_ATTENTION_KINDS = {
+    "ca": lambda: CoordinateAttention(reduction=4, name="attention"),
+    "se": lambda: SqueezeExcitation(reduction=4, name="attention"),
+    "cbam": lambda: CBAM(reduction=4, name="attention"),
+}
+_ATTENTION_TWINS = {"se": "QuantSqueezeExcitation", "cbam": "QuantCBAM"}
+
+
+def _attention_model(kind):
+    """conv -> BN -> ReLU6 -> attention -> conv -> global pool -> dense,
+    at 32x32x3 (`kind=None`: the same network without attention)."""
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same",
+                            use_bias=False, name="c1")(inp)
+    x = keras.layers.BatchNormalization(epsilon=1e-5, name="c1_bn")(x)
+    x = keras.layers.ReLU(6.0, name="c1_relu")(x)
+    if kind is not None:
+        x = _ATTENTION_KINDS[kind]()(x)
+    x = keras.layers.Conv2D(16, 1, name="proj")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(4, name="predictions")(x)
+    model = keras.Model(inp, out, name=f"tiny_{kind}")
+    _randomize_bn(model)
+    if kind is None:
+        return model
+    rng = np.random.default_rng(1)
+    layer = model.get_layer("attention")
+    for variable in layer.trainable_weights:  # biases start at zero
+        if variable.path.endswith("bias"):
+            variable.assign(rng.normal(0, 0.3, variable.shape)
+                            .astype("float32"))
+    if kind == "cbam":  # the spatial BatchNorm, folded by the twin
+        bn = layer.spatial_bn
+        bn.moving_mean.assign(rng.normal(0, 0.5, 1).astype("float32"))
+        bn.moving_variance.assign(np.array([2.0], "float32"))
+        bn.gamma.assign(np.array([1.5], "float32"))
+        bn.beta.assign(np.array([-0.3], "float32"))
+    return model
+
+
+def _attention_twin(kind, x):
+    model = _attention_model(kind)
+    # One calibration batch: the ranges cover `x`, so what the tests
+    # measure on `x` is rounding, not clipping.
+    return model, q.quantize_model(model, calibration_data=x,
+                                   calibration_steps=1)
+
+
+def _step(quantizer):
+    low = float(keras.ops.convert_to_numpy(quantizer.range_min))
+    high = float(keras.ops.convert_to_numpy(quantizer.range_max))
+    return (high - low) / 255.0
+
+
+@pytest.mark.parametrize("kind", ["se", "cbam"])
+def test_quantize_model_attention_kinds_match_float(kind):
+    keras.utils.set_random_seed(0)
+    x = _images(32, size=32)
+    model, twin = _attention_twin(kind, x)
+    layer = twin.get_layer("attention")
+    assert type(layer).__name__ == _ATTENTION_TWINS[kind]
+    names = [type(t).__name__ for t in twin.layers]
+    assert "BatchNormalization" not in names and "ReLU" not in names
+    # The attention output: measured at most 3.5 (SE) and 3.7 (CBAM) of
+    # its int8 steps off the float layer's, 0.25 to 0.31 step on average
+    # (seeds 0 to 3): rounding of the input, pools, gates and products.
+    sub = lambda m: keras.Model(m.input, m.get_layer("attention").output)
+    ref = sub(model).predict(x, verbose=0)
+    out = sub(twin).predict(x, verbose=0)
+    error = np.abs(out - ref) / _step(layer.output_quantizer)
+    assert error.max() < 8.0 and error.mean() < 0.5, (error.max(),
+                                                      error.mean())
+    # The logits: measured within 1.0 % (SE) and 1.7 % (CBAM) of their
+    # spread (seeds 0 to 3). The untrained net's logits are near ties:
+    # top-1 agreed on 87.5 to 100 % of the images.
+    ref, out = model.predict(x, verbose=0), twin.predict(x, verbose=0)
+    assert np.abs(out - ref).max() < 0.04 * np.ptp(ref)
+    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.75
+
+
+@pytest.mark.parametrize("kind", ["se", "cbam"])
+def test_attention_twins_fit_and_save_load(kind, tmp_path):
+    keras.utils.set_random_seed(0)
+    x = _images(32, size=32)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+    _, twin = _attention_twin(kind, x)
+    twin.compile(keras.optimizers.Adam(1e-3),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = twin.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    path = str(tmp_path / f"{kind}.keras")
+    twin.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.get_layer("attention")).__name__ == \
+        _ATTENTION_TWINS[kind]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               twin.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def base_int8_report():
+    """The int8 ops and XNNPACK partitions of the network without
+    attention."""
+    if not TF_BACKEND:
+        pytest.skip("needs TensorFlow for conversion")
+    x = _images(32, size=32)
+    _, twin = _attention_twin(None, x)
+    blob = q.convert_qat(twin)
+    return q.check_int8(blob), _delegate_report(blob)
+
+
+# The int8 ops each attention kind adds to the network without it.
+_EXTRA_INT8_OPS = {
+    # Two strip MEANs, the shared CONV_2D on each strip and two gate
+    # CONV_2D, hard-swish as ADD + MUL per strip, two LOGISTIC, two MULs by
+    # the gates; the W strip's transposes (a 1-wide axis) are RESHAPEs.
+    "ca": {"MEAN": 2, "CONV_2D": 4, "ADD": 2, "MUL": 4, "LOGISTIC": 2,
+           "RESHAPE": 2},
+    # squeeze (MEAN), reduce and expand (2 CONV_2D), sigmoid, x * gate.
+    "se": {"MEAN": 1, "CONV_2D": 2, "LOGISTIC": 1, "MUL": 1},
+    # Channel gate: avg (MEAN) and max (REDUCE_MAX) over H, W, the shared
+    # reducing CONV_2D on each, ADD, one expanding CONV_2D, LOGISTIC, MUL;
+    # spatial gate: channel MEAN and REDUCE_MAX, CONCATENATION, the 7x7
+    # CONV_2D (BatchNorm folded), LOGISTIC, MUL.
+    "cbam": {"MEAN": 2, "REDUCE_MAX": 2, "CONV_2D": 4, "ADD": 1,
+             "LOGISTIC": 2, "MUL": 2, "CONCATENATION": 1},
+}
+
+
+@needs_tf
+@pytest.mark.parametrize("kind", ["ca", "se", "cbam"])
+def test_convert_attention_kinds_all_int8(kind, base_int8_report):
+    x = _images(32, size=32)
+    _, twin = _attention_twin(kind, x)
+    blob = q.convert_qat(twin)
+    report = q.check_int8(blob)
+    _assert_all_int8(report, int8_io=False)
+    base, base_delegate = base_int8_report
+    ops, base_ops = report["op_counts"], base["op_counts"]
+    extra = {name: ops[name] - base_ops.get(name, 0) for name in ops
+             if ops[name] != base_ops.get(name, 0)}
+    assert extra == _EXTRA_INT8_OPS[kind], (extra, ops)
+    # No requantizing QUANTIZE: CBAM's CONCATENATION and REDUCE_MAX get
+    # the scale of their input, as the twin rounds them.
+    assert ops["QUANTIZE"] == 1
+    # XNNPACK runs every op the attention adds: as many partitions as the
+    # network without attention (one), nothing left outside.
+    delegate = _delegate_report(blob)
+    assert delegate["partitions"] == base_delegate["partitions"] == 1
+    assert delegate["outside_delegate"] == \
+        base_delegate["outside_delegate"] == {}
+    keras_out = twin.predict(x, verbose=0)
+    tfl_out, _ = q.predict_tflite(blob, x)
+    # int8 kernels round a little differently from the simulation:
+    # measured within 0.8 % of the logits' spread (one or two int8 steps),
+    # top-1 agreeing on 94 to 100 % of the images (seeds 0 to 3).
+    assert np.abs(tfl_out - keras_out).max() < 0.03 * np.ptp(keras_out)
+    assert np.mean(tfl_out.argmax(1) == keras_out.argmax(1)) >= 0.75
+
+
+def test_quantize_model_rejects_unsupported_attention_settings():
+    inp = keras.Input((8, 8, 16))
+    cases = [
+        (SqueezeExcitation(gate_activation="hard_sigmoid", name="se"),
+         "'se'.*sigmoid gate.*hard_sigmoid"),
+        (SqueezeExcitation(activation="silu", name="se_silu"),
+         "'se_silu'.*relu or relu6.*silu"),
+        (CBAM(activation="gelu", name="cbam"), "'cbam'.*relu or relu6.*gelu"),
+    ]
+    for layer, message in cases:
+        with pytest.raises(ValueError, match=message):
+            q.quantize_model(keras.Model(inp, layer(inp)))
+    first = keras.Input((16, 8, 8))
+    layer = CBAM(data_format="channels_first", name="cbam_first")
+    with pytest.raises(ValueError, match="channels_last.*cbam_first"):
+        q.quantize_model(keras.Model(first, layer(first)))

@@ -27,7 +27,9 @@ from keras_coordatt.quantization.evaluate import evaluate_tflite
 from keras_coordatt.quantization.evaluate import predict_tflite
 from keras_coordatt.quantization.layers import ActivationQuantizer
 from keras_coordatt.quantization.layers import QuantConv2D
+from keras_coordatt.quantization.layers import QuantCBAM
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
+from keras_coordatt.quantization.layers import QuantSqueezeExcitation
 from keras_coordatt.quantization.layers import QuantDense
 from keras_coordatt.quantization.qat import SUPPORTED_LAYERS
 from keras_coordatt.quantization.qat import calibrate
@@ -41,7 +43,9 @@ from keras_coordatt.quantization.tfmot_bridge import tfmot_quantize
 __all__ = [
     "ActivationQuantizer",
     "QuantConv2D",
+    "QuantCBAM",
     "QuantCoordinateAttention",
+    "QuantSqueezeExcitation",
     "QuantDense",
     "SUPPORTED_LAYERS",
     "calibrate",

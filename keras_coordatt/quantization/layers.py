@@ -67,6 +67,14 @@ def _apply_activation(x, activation):
     )
 
 
+def _fake_quant_range(inputs, low, high):
+    # A degenerate range (a dead ReLU) still needs a positive scale.
+    high = ops.maximum(high, ops.add(low, 1e-6))
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        inputs, low, high, num_bits=8, narrow_range=False
+    )
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ActivationQuantizer(keras.layers.Layer):
     """Per-tensor int8 fake quantization with moving-average ranges.
@@ -141,11 +149,22 @@ class ActivationQuantizer(keras.layers.Layer):
             self.initialized.assign(1.0)
         else:
             low, high = self.range_min, self.range_max
-        # A degenerate range (a dead ReLU) still needs a positive scale.
-        high = ops.maximum(high, ops.add(low, 1e-6))
-        return keras.quantizers.fake_quant_with_min_max_vars(
-            inputs, low, high, num_bits=8, narrow_range=False
-        )
+        return _fake_quant_range(inputs, low, high)
+
+    def quantize_stored(self, inputs):
+        """Fake-quantizes `inputs` with this quantizer's current range,
+        which it leaves as it is.
+
+        For a tensor that TFLite puts on the scale of another one (the
+        inputs of a CONCATENATION or a REDUCE_MAX share their output's
+        scale): called after this quantizer's own call in the same step, it
+        uses the range that call has just set.
+        """
+        if self.fixed_range is not None:
+            low, high = self.fixed_range
+        else:
+            low, high = self.range_min, self.range_max
+        return _fake_quant_range(inputs, low, high)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -490,6 +509,243 @@ class QuantCoordinateAttention(keras.layers.Layer):
             {
                 "channels": self.channels,
                 "hidden_channels": self.hidden_channels,
+                "momentum": self.momentum,
+                "per_channel_gates": self.per_channel_gates,
+            }
+        )
+        return config
+
+
+# The bottleneck activations the twins fuse into their convolutions, as
+# TFLite fuses them (no separate op, nothing outside XNNPACK).
+FUSED_ACTIVATIONS = ("relu", "relu6")
+
+
+def _fused_activation(activation):
+    if activation not in FUSED_ACTIVATIONS:
+        raise ValueError(
+            f"`activation` must be one of {FUSED_ACTIVATIONS}. "
+            f"Received: activation={activation!r}"
+        )
+    return activation
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantSqueezeExcitation(keras.layers.Layer):
+    """The inference math of `SqueezeExcitation`, fake-quantized.
+
+    Channels_last only: `p = q(mean_HW(x))`, `h = q(act(conv_reduce(p)))`
+    (ReLU or ReLU6 fused into the convolution, as TFLite fuses it),
+    `g = q_fixed(sigmoid(q(conv_expand(h))))` and the output `q(x * g)`:
+    MEAN, CONV_2D, LOGISTIC and MUL in the int8 graph, all run by XNNPACK.
+
+    As in `QuantCoordinateAttention`, the reducing convolution has one
+    weight range per output channel and the gate (expanding) convolution
+    one per kernel by default.
+
+    Args:
+        channels: input channels.
+        hidden_channels: width of the bottleneck.
+        activation: the bottleneck activation, `"relu"` or `"relu6"`.
+        momentum: moving-average decay of the activation ranges.
+        per_channel_gates: whether the expanding convolution's kernel is
+            quantized per output channel. Defaults to False.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, channels, hidden_channels, activation="relu",
+                 momentum=0.99, per_channel_gates=False, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.hidden_channels = int(hidden_channels)
+        self.activation = _fused_activation(activation)
+        self.momentum = momentum
+        self.per_channel_gates = bool(per_channel_gates)
+        self.pool_quantizer = ActivationQuantizer(
+            momentum, name="pool_quantizer"
+        )
+        self.reduce = QuantConv2D(self.hidden_channels,
+                                  activation=self.activation,
+                                  momentum=momentum, name="reduce")
+        self.expand = QuantConv2D(self.channels, momentum=momentum,
+                                  per_channel=self.per_channel_gates,
+                                  name="expand")
+        self.gate_quantizer = ActivationQuantizer(
+            fixed_range=SIGMOID_RANGE, name="gate_quantizer"
+        )
+        self.output_quantizer = ActivationQuantizer(
+            momentum, name="output_quantizer"
+        )
+
+    def build(self, input_shape):
+        pooled = (None, 1, 1, self.channels)
+        self.pool_quantizer.build(pooled)
+        self.reduce.build(pooled)
+        self.expand.build((None, 1, 1, self.hidden_channels))
+        self.gate_quantizer.build(pooled)
+        self.output_quantizer.build(tuple(input_shape))
+
+    def call(self, inputs, training=None):
+        pooled = self.pool_quantizer(
+            ops.mean(inputs, axis=(1, 2), keepdims=True), training=training
+        )
+        hidden = self.reduce(pooled, training=training)
+        gate = self.gate_quantizer(
+            ops.sigmoid(self.expand(hidden, training=training))
+        )
+        return self.output_quantizer(inputs * gate, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "channels": self.channels,
+                "hidden_channels": self.hidden_channels,
+                "activation": self.activation,
+                "momentum": self.momentum,
+                "per_channel_gates": self.per_channel_gates,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantCBAM(keras.layers.Layer):
+    """The inference math of `CBAM`, fake-quantized.
+
+    Channels_last only. Channel gate: `a = q(mean_HW(x))` and
+    `m = max_HW(x)` (a max keeps its input's int8 scale, as TFLite's
+    REDUCE_MAX does), `h_a = q(act(conv(a)))` and `h_m = q(act(conv(m)))`
+    through the shared reducing convolution (ReLU or ReLU6 fused), then
+    `g_c = q_fixed(sigmoid(q(conv_expand(q(h_a + h_m)))))`: the descriptors
+    are summed before the (linear) expansion, whose bias is doubled, the
+    float layer's `mlp(a) + mlp(m)` with one expanding convolution instead
+    of two. `y = q(x * g_c)`. Spatial gate: the channel mean and max of `y`
+    are concatenated on `y`'s own int8 scale (TFLite gives a CONCATENATION
+    and a REDUCE_MAX the scale of their inputs; the mean is rounded to it
+    here), `g_s = q_fixed(sigmoid(q(conv_spatial(.))))` with the spatial
+    BatchNorm folded into the convolution, and the output `q(y * g_s)`.
+
+    In the int8 graph that is MEAN, REDUCE_MAX, CONV_2D, ADD, LOGISTIC, MUL
+    and CONCATENATION, all run by XNNPACK.
+
+    Args:
+        channels: input channels.
+        hidden_channels: width of the shared MLP.
+        kernel_size: size of the spatial convolution (odd int).
+        activation: the MLP activation, `"relu"` or `"relu6"`.
+        momentum: moving-average decay of the activation ranges.
+        per_channel_gates: whether the expanding convolution's kernel is
+            quantized per output channel. Defaults to False.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, channels, hidden_channels, kernel_size=7,
+                 activation="relu", momentum=0.99, per_channel_gates=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.hidden_channels = int(hidden_channels)
+        self.kernel_size = int(kernel_size)
+        self.activation = _fused_activation(activation)
+        self.momentum = momentum
+        self.per_channel_gates = bool(per_channel_gates)
+        q = lambda name, **kw: ActivationQuantizer(momentum, name=name, **kw)
+        self.avg_quantizer = q("avg_quantizer")
+        self.hidden_avg_quantizer = q("hidden_avg_quantizer")
+        self.hidden_max_quantizer = q("hidden_max_quantizer")
+        self.hidden_sum_quantizer = q("hidden_sum_quantizer")
+        self.mlp_expand = QuantConv2D(self.channels, momentum=momentum,
+                                      per_channel=self.per_channel_gates,
+                                      name="mlp_expand")
+        self.channel_gate_quantizer = q("channel_gate_quantizer",
+                                        fixed_range=SIGMOID_RANGE)
+        self.channel_quantizer = q("channel_quantizer")
+        self.spatial_conv = QuantConv2D(1, self.kernel_size, padding="same",
+                                        momentum=momentum,
+                                        name="spatial_conv")
+        self.spatial_gate_quantizer = q("spatial_gate_quantizer",
+                                        fixed_range=SIGMOID_RANGE)
+        self.output_quantizer = q("output_quantizer")
+
+    def build(self, input_shape):
+        # The shared reducing convolution, applied to both descriptors.
+        self.kernel = self.add_weight(
+            shape=(1, 1, self.channels, self.hidden_channels),
+            initializer="glorot_uniform", name="kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(self.hidden_channels,), initializer="zeros", name="bias"
+        )
+        pooled = (None, 1, 1, self.channels)
+        hidden = (None, 1, 1, self.hidden_channels)
+        self.avg_quantizer.build(pooled)
+        for layer in (self.hidden_avg_quantizer, self.hidden_max_quantizer,
+                      self.hidden_sum_quantizer):
+            layer.build(hidden)
+        self.mlp_expand.build(hidden)
+        self.channel_gate_quantizer.build(pooled)
+        input_shape = tuple(input_shape)
+        self.channel_quantizer.build(input_shape)
+        maps = input_shape[:-1] + (2,)
+        self.spatial_conv.build(maps)
+        self.spatial_gate_quantizer.build(input_shape[:-1] + (1,))
+        self.output_quantizer.build(input_shape)
+
+    def _hidden(self, descriptor, kernel, quantizer, training):
+        x = ops.conv(descriptor, kernel, padding="valid",
+                     data_format="channels_last")
+        x = _apply_activation(ops.add(x, self.bias), self.activation)
+        return quantizer(x, training=training)
+
+    def _channel_gate(self, inputs, training):
+        avg = self.avg_quantizer(
+            ops.mean(inputs, axis=(1, 2), keepdims=True), training=training
+        )
+        max_ = ops.max(inputs, axis=(1, 2), keepdims=True)
+        kernel = fake_quant_weights(self.kernel)
+        hidden = self.hidden_sum_quantizer(
+            self._hidden(avg, kernel, self.hidden_avg_quantizer, training)
+            + self._hidden(max_, kernel, self.hidden_max_quantizer,
+                           training),
+            training=training,
+        )
+        logits = self.mlp_expand(hidden, training=training)
+        return self.channel_gate_quantizer(ops.sigmoid(logits))
+
+    def _spatial_gate(self, x, training):
+        # `x` is the output of `channel_quantizer`: the mean goes on its
+        # scale, the max is on it already.
+        maps = ops.concatenate(
+            [self.channel_quantizer.quantize_stored(
+                ops.mean(x, axis=-1, keepdims=True)),
+             ops.max(x, axis=-1, keepdims=True)],
+            axis=-1,
+        )
+        logits = self.spatial_conv(maps, training=training)
+        return self.spatial_gate_quantizer(ops.sigmoid(logits))
+
+    def call(self, inputs, training=None):
+        x = self.channel_quantizer(
+            inputs * self._channel_gate(inputs, training), training=training
+        )
+        gated = x * self._spatial_gate(x, training)
+        return self.output_quantizer(gated, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "channels": self.channels,
+                "hidden_channels": self.hidden_channels,
+                "kernel_size": self.kernel_size,
+                "activation": self.activation,
                 "momentum": self.momentum,
                 "per_channel_gates": self.per_channel_gates,
             }

@@ -11,6 +11,10 @@
 - `CoordinateAttention` becomes `QuantCoordinateAttention` (quantized pools,
   encodings, gates and both products; hard-swish as `y * relu6(y + 3)` with
   the 1/6 folded into the gate kernels, which are quantized per tensor);
+  `SqueezeExcitation` and `CBAM` become `QuantSqueezeExcitation` and
+  `QuantCBAM` (their ReLU fused, gate kernels per tensor, CBAM's spatial
+  BatchNorm folded into its convolution); `_ATTENTION_TWINS` maps each
+  attention class to its twin;
 - `Add`, `Multiply`, `Concatenate`, `GlobalAveragePooling2D`, standalone
   activations and the model input get an `ActivationQuantizer` after them;
 - `ZeroPadding2D`, `Dropout`, `Flatten`, `Reshape`, max pools are copied
@@ -24,11 +28,16 @@ model with `keras_coordatt.quantization.convert_qat`.
 import keras
 import numpy as np
 
+from keras_coordatt.layers import CBAM
 from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.layers import SqueezeExcitation
+from keras_coordatt.quantization.layers import FUSED_ACTIVATIONS
 from keras_coordatt.quantization.layers import ActivationQuantizer
+from keras_coordatt.quantization.layers import QuantCBAM
 from keras_coordatt.quantization.layers import QuantConv2D
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
 from keras_coordatt.quantization.layers import QuantDense
+from keras_coordatt.quantization.layers import QuantSqueezeExcitation
 
 _COPIED = (
     keras.layers.ZeroPadding2D,
@@ -48,6 +57,7 @@ _QUANTIZED_AFTER = (
 SUPPORTED_LAYERS = (
     "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization (after a "
     "convolution)", "ReLU", "Activation", "Dense", "CoordinateAttention",
+    "SqueezeExcitation", "CBAM",
 ) + tuple(c.__name__ for c in _COPIED + _QUANTIZED_AFTER)
 
 
@@ -167,9 +177,8 @@ def _quant_dense(layer, momentum):
     return new, [kernel, bias]
 
 
-def _quant_attention(layer, momentum):
-    if layer.data_format != "channels_last":
-        _check_channels_last(layer)
+def _quant_coordinate_attention(layer, momentum):
+    _check_channels_last(layer)
     if _activation_name(layer.activation) not in ("hard_swish", "hard_silu"):
         raise ValueError(
             f"Layer {layer.name!r}: CoordinateAttention is quantized with "
@@ -185,6 +194,67 @@ def _quant_attention(layer, momentum):
     w_kernel, w_bias = _fold(layer.conv_w, None)
     # The twin's encoding is 6 x hard_swish: the 1/6 goes into the gates.
     return new, (kernel, bias, h_kernel / 6.0, h_bias, w_kernel / 6.0, w_bias)
+
+
+def _bottleneck_activation(layer):
+    """The name of an SE/CBAM bottleneck activation the twin can fuse."""
+    name = _activation_name(layer.activation)
+    if name not in FUSED_ACTIVATIONS:
+        raise ValueError(
+            f"Layer {layer.name!r}: {type(layer).__name__} is quantized with "
+            f"a {' or '.join(FUSED_ACTIVATIONS)} bottleneck only (fused into "
+            f"its convolution). Received: activation={name!r}"
+        )
+    return name
+
+
+def _quant_squeeze_excitation(layer, momentum):
+    _check_channels_last(layer)
+    gate = _activation_name(layer.gate_activation)
+    if gate != "sigmoid":
+        raise ValueError(
+            f"Layer {layer.name!r}: SqueezeExcitation is quantized with its "
+            "default sigmoid gate only. Received: gate_activation="
+            f"{gate!r}"
+        )
+    new = QuantSqueezeExcitation(
+        layer.channels, layer.hidden_channels,
+        activation=_bottleneck_activation(layer), momentum=momentum,
+        name=layer.name,
+    )
+    return new, _fold(layer.reduce, None) + _fold(layer.expand, None)
+
+
+def _quant_cbam(layer, momentum):
+    _check_channels_last(layer)
+    new = QuantCBAM(
+        layer.channels, layer.hidden_channels,
+        kernel_size=layer.kernel_size,
+        activation=_bottleneck_activation(layer), momentum=momentum,
+        name=layer.name,
+    )
+    kernel, bias = _fold(layer.mlp_reduce, None)
+    e_kernel, e_bias = _fold(layer.mlp_expand, None)
+    s_kernel, s_bias = _fold(layer.spatial_conv, layer.spatial_bn)
+    # The twin expands the sum of the two descriptors' hidden vectors: one
+    # convolution, its bias counted for both.
+    return new, (kernel, bias, e_kernel, 2.0 * e_bias, s_kernel, s_bias)
+
+
+# Float attention class -> the builder of its twin and weights.
+_ATTENTION_TWINS = {
+    CoordinateAttention: _quant_coordinate_attention,
+    SqueezeExcitation: _quant_squeeze_excitation,
+    CBAM: _quant_cbam,
+}
+
+
+def _attention_twin(layer):
+    """The twin builder for `layer`'s class (or a base class), or None."""
+    for cls in type(layer).__mro__:
+        if cls in _ATTENTION_TWINS:
+            return _ATTENTION_TWINS[cls]
+    return None
 
 
 def _graph_nodes(model):
@@ -325,12 +395,13 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
             pending.append((new, weights))
             tensor_map[id(last)] = (None, result)
             continue
+        attention_twin = _attention_twin(layer)
         if isinstance(layer, keras.layers.Dense):
             new, weights = _quant_dense(layer, momentum)
             result = new(inputs[0])
             pending.append((new, weights))
-        elif isinstance(layer, CoordinateAttention):
-            new, weights = _quant_attention(layer, momentum)
+        elif attention_twin is not None:
+            new, weights = attention_twin(layer, momentum)
             result = new(inputs[0])
             pending.append((new, weights))
         elif isinstance(layer, _COPIED):
