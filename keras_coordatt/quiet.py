@@ -9,6 +9,7 @@ point that descriptor elsewhere while TensorFlow is imported.
 """
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -18,7 +19,9 @@ HARMLESS_WARNINGS = (
     r".*`trackable_obj`.*",  # TFLiteConverter.from_concrete_functions
     r".*Your input ran out of data.*",  # Keras, after a finite evaluation
     r".*tf\.data.*is deprecated.*",
+    r"Statistics for quantized inputs were expected.*",  # TFLite PTQ
 )
+_QUIET = {"on": False}  # set once the command line asked for quiet
 
 
 def running_command_line():
@@ -44,19 +47,45 @@ def quiet_imports(verbose=False):
     if verbose:
         yield
         return
+    _QUIET["on"] = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    # TensorFlow's Python side logs through absl's logger ("WARNING:absl:").
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with _descriptors_to_devnull((2,)):
+        yield
+
+
+@contextlib.contextmanager
+def native_output_hidden():
+    """Hides what C++ code prints in the block (the TFLite converter's
+    `fully_quantize: 0, inference_type: 6 ...`), once the command line asked
+    for quiet; a no-op otherwise (a library user sees everything)."""
+    if not _QUIET["on"]:
+        yield
+        return
+    with _descriptors_to_devnull((1, 2)):
+        yield
+
+
+@contextlib.contextmanager
+def _descriptors_to_devnull(descriptors):
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in descriptors]
     try:
         with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
+            for fd in descriptors:
+                os.dup2(devnull.fileno(), fd)
             try:
                 yield
             finally:
+                sys.stdout.flush()
                 sys.stderr.flush()
-                os.dup2(saved, 2)
+                for fd, copy in zip(descriptors, saved):
+                    os.dup2(copy, fd)
     finally:
-        os.close(saved)
+        for copy in saved:
+            os.close(copy)

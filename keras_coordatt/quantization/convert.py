@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_coordatt.backend import require_tensorflow
 from keras_coordatt.quantization import evaluate
+from keras_coordatt.quiet import native_output_hidden
 
 # Ops allowed to touch float tensors: the (de)quantization at the model's
 # float inputs and outputs.
@@ -115,7 +116,9 @@ def convert_float(model, path=None):
     tf = _tf()
     converter = _converter(model, freeze=True)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return _write(converter.convert(), path)
+    with native_output_hidden():
+        model_bytes = converter.convert()
+    return _write(model_bytes, path)
 
 
 def convert_ptq(model, representative_data, num_samples=200, int8_io=False,
@@ -151,7 +154,8 @@ def convert_ptq(model, representative_data, num_samples=200, int8_io=False,
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8
     ]
     _set_int8_io(converter, int8_io)
-    model_bytes = converter.convert()
+    with native_output_hidden():
+        model_bytes = converter.convert()
     check_int8(model_bytes, int8_io=int8_io)
     return _write(model_bytes, path)
 
@@ -179,7 +183,8 @@ def convert_qat(qat_model, int8_io=False, path=None):
     # for fake-quantized graphs. `check_int8` enforces int8 instead.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     _set_int8_io(converter, int8_io)
-    model_bytes = converter.convert()
+    with native_output_hidden():
+        model_bytes = converter.convert()
     check_int8(model_bytes, int8_io=int8_io)
     return _write(model_bytes, path)
 
