@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from keras_coordatt.layers.coordinate_attention import _positive_int
-from keras_coordatt.layers.squeeze_excitation import _conv
-from keras_coordatt.layers.squeeze_excitation import _data_format
-from keras_coordatt.layers.squeeze_excitation import _input_channels
-from keras_coordatt.layers.squeeze_excitation import _to_channels_first
-from keras_coordatt.layers.squeeze_excitation import _to_channels_last
+from keras_coordatt.layers.common import conv as _conv
+from keras_coordatt.layers.common import data_format_or_default as _data_format
+from keras_coordatt.layers.common import input_channels as _input_channels
+from keras_coordatt.layers.common import positive_int as _positive_int
+from keras_coordatt.layers.common import to_channels_first as _to_channels_first
+from keras_coordatt.layers.common import to_channels_last as _to_channels_last
 
 
 def _odd_kernel_size(value):

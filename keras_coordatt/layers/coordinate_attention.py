@@ -3,15 +3,9 @@
 import keras
 from keras import ops
 
-_DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
-        )
-    return value
+from keras_coordatt.layers.common import data_format_or_default
+from keras_coordatt.layers.common import input_channels
+from keras_coordatt.layers.common import positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_coordatt")
@@ -68,36 +62,18 @@ class CoordinateAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.reduction = _positive_int("reduction", reduction)
-        self.min_channels = _positive_int("min_channels", min_channels)
+        self.reduction = positive_int("reduction", reduction)
+        self.min_channels = positive_int("min_channels", min_channels)
         self.activation = keras.activations.get(activation)
-        data_format = data_format or keras.config.image_data_format()
-        if data_format not in _DATA_FORMATS:
-            raise ValueError(
-                "`data_format` must be one of "
-                f"{_DATA_FORMATS} or None. Received: data_format={data_format!r}"
-            )
-        self.data_format = data_format
+        self.data_format = data_format_or_default(data_format)
         self.channels = None
         self.hidden_channels = None
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                "CoordinateAttention expects a 4D input (batch, H, W, C) or "
-                f"(batch, C, H, W). Received: input_shape={input_shape}"
-            )
-        channel_axis = -1 if self.data_format == "channels_last" else 1
-        channels = input_shape[channel_axis]
-        if channels is None:
-            raise ValueError(
-                "The channel dimension of the input to CoordinateAttention "
-                f"must be known ({self.data_format}). "
-                f"Received: input_shape={input_shape}"
-            )
-        self.channels = int(channels)
+        self.channels = input_channels(
+            "CoordinateAttention", input_shape, self.data_format
+        )
         self.hidden_channels = max(
             self.min_channels, self.channels // self.reduction
         )
@@ -132,7 +108,8 @@ class CoordinateAttention(keras.layers.Layer):
         self.bn.build(hidden)
         self.conv_h.build(hidden)
         self.conv_w.build(hidden)
-        channel_spec = {channel_axis: self.channels}
+        channel_spec = {(-1 if self.data_format == "channels_last" else 1):
+                        self.channels}
         self.input_spec = keras.layers.InputSpec(ndim=4, axes=channel_spec)
 
     def _encode(self, pooled_h, pooled_w, training):

@@ -3,58 +3,12 @@
 import keras
 from keras import ops
 
-from keras_coordatt.layers.coordinate_attention import _DATA_FORMATS
-from keras_coordatt.layers.coordinate_attention import _positive_int
-
-
-def _data_format(data_format):
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in _DATA_FORMATS:
-        raise ValueError(
-            "`data_format` must be one of "
-            f"{_DATA_FORMATS} or None. Received: data_format={data_format!r}"
-        )
-    return data_format
-
-
-def _input_channels(layer_name, input_shape, data_format):
-    """The channel count of a 4D `input_shape`, or a ValueError."""
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"{layer_name} expects a 4D input (batch, H, W, C) or "
-            f"(batch, C, H, W). Received: input_shape={input_shape}"
-        )
-    channels = input_shape[-1 if data_format == "channels_last" else 1]
-    if channels is None:
-        raise ValueError(
-            f"The channel dimension of the input to {layer_name} "
-            f"must be known ({data_format}). "
-            f"Received: input_shape={input_shape}"
-        )
-    return int(channels)
-
-
-def _conv(filters, dtype_policy, name, kernel_size=1, use_bias=True):
-    # The sublayers work channels_last whatever the layer's data format, as
-    # in CoordinateAttention: TF's CPU kernels have no NCHW convolution.
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        padding="same",
-        use_bias=use_bias,
-        data_format="channels_last",
-        name=name,
-        dtype=dtype_policy,
-    )
-
-
-def _to_channels_last(x):
-    return ops.transpose(x, (0, 2, 3, 1))
-
-
-def _to_channels_first(x):
-    return ops.transpose(x, (0, 3, 1, 2))
+from keras_coordatt.layers.common import conv as _conv
+from keras_coordatt.layers.common import data_format_or_default as _data_format
+from keras_coordatt.layers.common import input_channels as _input_channels
+from keras_coordatt.layers.common import positive_int as _positive_int
+from keras_coordatt.layers.common import to_channels_first as _to_channels_first
+from keras_coordatt.layers.common import to_channels_last as _to_channels_last
 
 
 @keras.saving.register_keras_serializable(package="keras_coordatt")
