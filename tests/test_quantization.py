@@ -148,6 +148,7 @@ def test_activation_quantizer_moving_average_and_fixed_range():
 
 
 def test_quantize_model_folds_and_matches_float():
+    keras.utils.set_random_seed(0)
     model = _tiny_model(softmax=False)
     _randomize_bn(model)
     x = _images()
@@ -166,8 +167,15 @@ def test_quantize_model_folds_and_matches_float():
     ref = model.predict(x, verbose=0)
     out = twin.predict(x, verbose=0)
     # 8-bit rounding only: logits within a few percent of their spread.
-    assert np.abs(out - ref).max() < 0.05 * np.ptp(ref)
-    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.9
+    error = np.abs(out - ref).max()
+    assert error < 0.05 * np.ptp(ref)
+    # A random model's logits are nearly tied for many images, so the top-1
+    # can only be required to survive where the float margin exceeds twice
+    # the largest logit error (and such images must exist).
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * error
+    assert clear.sum() >= 8
+    np.testing.assert_array_equal(out.argmax(1)[clear], ref.argmax(1)[clear])
 
 
 def test_quantize_model_save_load_roundtrip(tmp_path):
