@@ -12,6 +12,19 @@ element-wise operations where they touch a whole feature map):
   (mip -> C on H and on W positions), i.e. 2 (H + W) C mip; plus, as
   element-wise work, the two directional pools (2 H W C reads) and the two
   gate products (2 H W C multiplies);
+- `SqueezeExcitation`: its two 1x1 convolutions on the pooled vector,
+  C -> hidden -> C, i.e. 2 C hidden; element-wise, the pool (H W C reads)
+  and the gate product (H W C multiplies);
+- `CBAM`: the shared MLP (C -> hidden -> C) on its two descriptors (the
+  average- and the max-pooled vector), 2 * 2 C hidden, plus the k x k
+  spatial convolution from the 2 channel-wise maps (mean, max) to one,
+  H W k^2 2; element-wise, the two pools (2 H W C), the channel-gate
+  product (H W C), the channel-wise mean and max (2 H W C) and the
+  spatial-gate product (H W C), 6 H W C;
+- an attention layer inside a `keras.layers.Wrapper` (the identity-start
+  blocks of `keras_coordatt.add_attention`): the wrapped layer, counted
+  and named as above, plus the blend `x + s (A(x) - x)` as element-wise
+  work (2 H W C);
 - nested models and layers that hold sublayers (a Sequential inside a
   functional model) are counted through their own layers.
 
@@ -42,10 +55,26 @@ def _conv_macs(layer, input_shape, output_shape):
 
 
 def _attention_macs(layer, input_shape):
+    """`(MACs, element-wise operations)` of an attention layer, or None
+    when `layer` is not one of the package's attention layers."""
+    from keras_coordatt.layers import CBAM
+    from keras_coordatt.layers import CoordinateAttention
+    from keras_coordatt.layers import SqueezeExcitation
+
+    if not isinstance(layer, (CoordinateAttention, SqueezeExcitation, CBAM)):
+        return None
     h, w, c = _spatial(input_shape, layer.data_format)
-    mip = layer.hidden_channels
-    macs = (h + w) * c * mip + (h + w) * mip * c
-    elementwise = 4 * h * w * c  # two pools, two gate products
+    hidden = layer.hidden_channels
+    if isinstance(layer, CoordinateAttention):
+        macs = (h + w) * c * hidden + (h + w) * hidden * c
+        elementwise = 4 * h * w * c  # two pools, two gate products
+    elif isinstance(layer, SqueezeExcitation):
+        macs = 2 * c * hidden  # reduce and expand on the pooled vector
+        elementwise = 2 * h * w * c  # the pool, the gate product
+    else:
+        k = layer.kernel_size
+        macs = 2 * (2 * c * hidden) + h * w * k * k * 2
+        elementwise = 6 * h * w * c
     return macs, elementwise
 
 
@@ -72,14 +101,14 @@ def count_macs(model):
 
     Returns:
         A dict: `total` (MACs per image), `by_type` (layer class name ->
-        MACs), `attention` (MACs inside `CoordinateAttention` layers),
-        `attention_layers` (number of them), `attention_elementwise`
-        (element-wise operations of their pools and products), `layers`
-        (list of `(name, class name, MACs)` for layers with MACs).
+        MACs; a wrapped attention layer counts under its own class),
+        `attention` (MACs inside the attention layers: `CoordinateAttention`,
+        `SqueezeExcitation`, `CBAM`), `attention_layers` (number of them),
+        `attention_elementwise` (element-wise operations of their pools,
+        products and blends), `layers` (list of `(name, class name, MACs)`
+        for layers with MACs).
     """
     import keras
-
-    from keras_coordatt.layers import CoordinateAttention
 
     result = {
         "total": 0,
@@ -90,10 +119,10 @@ def count_macs(model):
         "layers": [],
     }
 
-    def add(layer, macs):
+    def add(layer, macs, kind=None):
         if not macs:
             return
-        kind = type(layer).__name__
+        kind = kind or type(layer).__name__
         result["total"] += int(macs)
         result["by_type"][kind] = result["by_type"].get(kind, 0) + int(macs)
         result["layers"].append((layer.name, kind, int(macs)))
@@ -109,9 +138,15 @@ def count_macs(model):
                     continue
                 ins = _static(_shape(node.input_tensors[0]), layer)
                 outs = _static(_shape(node.output_tensors[0]), layer)
-                if isinstance(layer, CoordinateAttention):
-                    macs, elementwise = _attention_macs(layer, ins)
-                    add(layer, macs)
+                wrapped = isinstance(layer, keras.layers.Wrapper)
+                inner = layer.layer if wrapped else layer
+                counted = _attention_macs(inner, ins)
+                if counted is not None:
+                    macs, elementwise = counted
+                    if wrapped:  # the blend x + s (A(x) - x)
+                        h, w, c = _spatial(ins, inner.data_format)
+                        elementwise += 2 * h * w * c
+                    add(layer, macs, type(inner).__name__)
                     result["attention"] += macs
                     result["attention_layers"] += 1
                     result["attention_elementwise"] += elementwise

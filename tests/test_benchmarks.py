@@ -197,3 +197,114 @@ def test_fused_projection_script_runs(capsys):
     _load("fused_projection").main(["--shape", "8x8x16x8", "--repeats", "2"])
     out = capsys.readouterr().out
     assert "BATCH_MATMUL" in out and "1 partition(s)" in out
+
+
+def test_mac_counter_counts_se_cbam_and_wrapped_blocks():
+    from keras_coordatt import CBAM
+    from keras_coordatt import SqueezeExcitation
+    from keras_coordatt import add_attention
+
+    inputs = keras.Input((8, 6, 48))
+    x = SqueezeExcitation(reduction=4)(inputs)  # hidden = 12
+    x = CBAM(reduction=8, kernel_size=7, name="cbam")(x)  # hidden = 8
+    outputs = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    model = keras.Model(inputs, outputs)
+    result = macs.count_macs(model)
+    se = 2 * 48 * 12  # reduce and expand on the pooled vector
+    cbam = 2 * (2 * 48 * 8) + 8 * 6 * 7 * 7 * 2  # MLP twice, spatial conv
+    depthwise = 8 * 6 * 3 * 3 * 48
+    assert result["by_type"] == {
+        "SqueezeExcitation": se, "CBAM": cbam, "DepthwiseConv2D": depthwise}
+    assert result["attention"] == se + cbam
+    assert result["attention_layers"] == 2
+    assert result["attention_elementwise"] == (2 + 6) * 8 * 6 * 48
+    # An identity-start block counts as the layer it wraps, plus its blend.
+    inserted = macs.count_macs(add_attention(model, after=["dw"],
+                                             attention="ca", reduction=8))
+    ca = 2 * (8 + 6) * 48 * 8  # mip = max(8, 48 // 8) = 8
+    assert inserted["by_type"]["CoordinateAttention"] == ca
+    assert inserted["attention"] == se + cbam + ca
+    assert inserted["attention_layers"] == 3
+    assert inserted["attention_elementwise"] == (2 + 6 + 4 + 2) * 8 * 6 * 48
+
+
+COMPARISON = os.path.join(ROOT, "benchmarks", "attention_comparison.py")
+
+
+def _trainable(model):
+    return macs.count_params(model)["trainable"]
+
+
+@pytest.mark.slow
+def test_attention_comparison_smoke(tmp_path):
+    """`attention_comparison.py --smoke`: four kinds trained, counted,
+    quantized and timed, and the insertion rows (a few minutes: every
+    training run traces its graphs)."""
+    from keras_coordatt import add_attention
+
+    out = tmp_path / "results"
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run(
+        [sys.executable, COMPARISON, "--smoke", "--output", str(out),
+         "--work-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "attention_comparison.json") as f:
+        result = json.load(f)
+    config = result["config"]
+    assert config["smoke"] and config["alpha"] == 0.35
+    assert config["image_size"] == 32 and config["epochs"] == 1
+    assert config["seeds"] == [0]
+    kinds = result["kinds"]
+    assert list(kinds) == ["none", "se", "cbam", "ca"]
+    shape = (32, 32, 3)
+    for kind, attention in (("none", False), ("se", "se"),
+                            ("cbam", "cbam"), ("ca", "ca")):
+        row = kinds[kind]
+        model = MobileNetV2CA(input_shape=shape, alpha=0.35, weights=None,
+                              classes=10, attention=attention)
+        # 408,938 / 465,244 / 466,844 / 482,780 trainable parameters.
+        assert row["params"]["trainable"] == _trainable(model), kind
+        assert row["params"]["total"] == model.count_params(), kind
+        counted = macs.count_macs(model)
+        assert row["macs"] == counted["total"], kind
+        assert row["attention_macs"] == counted["attention"], kind
+        assert (row["attention_layers"] == 16) == (kind != "none"), kind
+        for key in ("top1", "int8_top1"):
+            stats = row[key]
+            assert stats["n"] == 1 and stats["std"] == 0.0
+            assert 0.0 <= stats["min"] <= stats["mean"] <= stats["max"] <= 1
+        latency = row["int8_latency"]
+        assert latency["median_ms"] > 0 and latency["cpu_median_ms"] >= 0
+        assert latency["n"] == config["latency_runs"]
+        assert row["int8_file_bytes"] > 0
+    assert kinds["none"]["macs"] < kinds["se"]["macs"] < kinds["cbam"]["macs"]
+    assert kinds["none"]["macs"] < kinds["ca"]["macs"]
+    assert len(result["runs"]) == 4
+
+    insertion = result["insertion"]
+    base = keras.applications.MobileNetV2(input_shape=shape, alpha=0.35,
+                                          weights=None, classes=10)
+    after = [layer.name for layer in base.layers
+             if layer.name.endswith("_depthwise_relu")
+             and layer.name.startswith("block_")]
+    assert insertion["blocks"] == len(after) == 16
+    with_ca = add_attention(base, after=after, attention="ca")
+    rows = insertion["rows"]
+    assert set(rows) == {"without", "with_ca"}
+    assert rows["without"]["params"]["trainable"] == _trainable(base)
+    assert rows["with_ca"]["params"]["trainable"] == _trainable(with_ca)
+    assert rows["with_ca"]["macs"] == macs.count_macs(with_ca)["total"]
+    for row in (rows["without"], rows["with_ca"], insertion):
+        stats = row["top1"] if "top1" in row else row["base_top1"]
+        assert 0.0 <= stats["min"] <= stats["max"] <= 1.0
+    # The identity start: the inserted blocks leave the outputs unchanged.
+    assert insertion["start_max_rel_diff"] <= 1e-3
+    text = (out / "attention_comparison.md").read_text()
+    assert text.startswith("# Attention comparison")
+    for label in ("| none (MobileNetV2) |", "| SE |", "| CBAM |", "| CA |",
+                  "| base, no attention |", "| base + inserted CA |"):
+        assert label in text
