@@ -337,121 +337,140 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
             or holds a layer this recipe cannot quantize.
     """
     check_functional(model)
-    consumers = _consumers(model)
-    outputs = {id(t) for t in model.outputs}
-    tensor_map = {}
-    absorbed = set()
-    pending = []  # (new layer, weights) pairs, set once built
-
-    def quantized(tensor, layer_name):
-        q = ActivationQuantizer(momentum, name=f"{layer_name}_quant")
-        return q(tensor)
-
+    rebuild = _Rebuild(model, momentum)
     for node in _graph_nodes(model):
-        if id(node) in absorbed:
-            continue
+        rebuild.node(node)
+    twin = rebuild.model(name or f"{model.name}_qat")
+    if calibration_data is not None:
+        calibrate(twin, calibration_data, steps=calibration_steps)
+    return twin
+
+
+_ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid")
+
+
+class _Rebuild:
+    """The state of one `quantize_model` pass over a float graph: which
+    float tensor each new tensor stands for, which nodes were folded into a
+    convolution, and the new layers' weights to set once they are built."""
+
+    def __init__(self, model, momentum):
+        self.source = model
+        self.momentum = momentum
+        self.consumers = _consumers(model)
+        self.outputs = {id(t) for t in model.outputs}
+        self.tensors = {}  # id(float tensor) -> (new Input or None, tensor)
+        self.absorbed = set()
+        self.pending = []  # (new layer, weights)
+
+    def quantized(self, tensor, layer_name):
+        quantizer = ActivationQuantizer(self.momentum,
+                                        name=f"{layer_name}_quant")
+        return quantizer(tensor)
+
+    def node(self, node):
+        if id(node) in self.absorbed:
+            return
         layer = node.operation
         if node.is_input:
             source = node.output_tensors[0]
-            new_input = keras.Input(
-                batch_shape=source.shape, dtype=source.dtype,
-                name=layer.name,
-            )
-            tensor_map[id(source)] = (
-                new_input, quantized(new_input, layer.name)
-            )
-            continue
-        inputs = [tensor_map[id(t)][1] for t in node.input_tensors]
-        out_tensor = node.output_tensors[0]
+            new_input = keras.Input(batch_shape=source.shape,
+                                    dtype=source.dtype, name=layer.name)
+            self.tensors[id(source)] = (
+                new_input, self.quantized(new_input, layer.name))
+            return
         if len(node.output_tensors) != 1:
             raise ValueError(
                 f"Layer {layer.name!r} has several outputs; quantize_model "
                 "supports single-output layers only."
             )
+        inputs = [self.tensors[id(t)][1] for t in node.input_tensors]
         if isinstance(layer, (keras.layers.Conv2D,
                               keras.layers.DepthwiseConv2D)) and not \
                 isinstance(layer, keras.layers.Conv2DTranspose):
-            bn_node = _single_consumer(
-                consumers, out_tensor, keras.layers.BatchNormalization,
-                outputs,
-            )
-            bn, last = None, out_tensor
-            if bn_node is not None and bn_node.operation.axis in (-1, 3):
-                bn = bn_node.operation
-                absorbed.add(id(bn_node))
-                last = bn_node.output_tensors[0]
-            activation = "linear"
-            act_node = _single_consumer(
-                consumers, last,
-                (keras.layers.ReLU, keras.layers.Activation), outputs,
-            )
-            if act_node is not None and _relu_kind(act_node.operation) \
-                    and _activation_name(layer.activation) == "linear":
-                activation = _relu_kind(act_node.operation)
-                absorbed.add(id(act_node))
-                last = act_node.output_tensors[0]
-            new, weights = _quant_conv(layer, bn, activation, momentum)
-            result = new(inputs[0])
-            pending.append((new, weights))
-            tensor_map[id(last)] = (None, result)
-            continue
+            last, result = self.convolution(node, inputs[0])
+        else:
+            last, result = node.output_tensors[0], self.layer(layer, inputs)
+        self.tensors[id(last)] = (None, result)
+
+    def follower(self, tensor, cls):
+        return _single_consumer(self.consumers, tensor, cls, self.outputs)
+
+    def convolution(self, node, inputs):
+        """A convolution with the BatchNormalization and ReLU after it
+        folded in: `(the last float tensor it covers, the new tensor)`."""
+        layer, last = node.operation, node.output_tensors[0]
+        bn_node = self.follower(last, keras.layers.BatchNormalization)
+        bn = None
+        if bn_node is not None and bn_node.operation.axis in (-1, 3):
+            bn = bn_node.operation
+            self.absorbed.add(id(bn_node))
+            last = bn_node.output_tensors[0]
+        activation = "linear"
+        act_node = self.follower(
+            last, (keras.layers.ReLU, keras.layers.Activation))
+        if act_node is not None and _relu_kind(act_node.operation) \
+                and _activation_name(layer.activation) == "linear":
+            activation = _relu_kind(act_node.operation)
+            self.absorbed.add(id(act_node))
+            last = act_node.output_tensors[0]
+        return last, self.twin(*_quant_conv(layer, bn, activation,
+                                            self.momentum), inputs)
+
+    def twin(self, new, weights, inputs):
+        self.pending.append((new, weights))
+        return new(inputs)
+
+    def layer(self, layer, inputs):
+        """Any other layer: its quantized twin, a copy, or a copy with an
+        activation quantizer after it."""
         attention_twin = _attention_twin(layer)
         if isinstance(layer, keras.layers.Dense):
-            new, weights = _quant_dense(layer, momentum)
-            result = new(inputs[0])
-            pending.append((new, weights))
-        elif attention_twin is not None:
-            new, weights = attention_twin(layer, momentum)
-            result = new(inputs[0])
-            pending.append((new, weights))
-        elif isinstance(layer, _COPIED):
-            result = layer.__class__.from_config(layer.get_config())(
-                *inputs
-            )
-        elif isinstance(layer, _QUANTIZED_AFTER):
-            copy = layer.__class__.from_config(layer.get_config())
-            merged = copy(inputs if len(inputs) > 1 else inputs[0])
-            result = quantized(merged, layer.name)
-        elif isinstance(layer, (keras.layers.ReLU,
-                                keras.layers.Activation)):
-            name = _relu_kind(layer) or _activation_name(
-                getattr(layer, "activation", None)
-            )
-            if name not in ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid"):
-                raise ValueError(
-                    f"Layer {layer.name!r}: activation {name!r} cannot "
-                    "be quantized; accepted: relu, relu6, hard_swish, "
-                    "sigmoid."
-                )
-            copy = layer.__class__.from_config(layer.get_config())
-            result = quantized(copy(inputs[0]), layer.name)
-        else:
+            return self.twin(*_quant_dense(layer, self.momentum), inputs[0])
+        if attention_twin is not None:
+            return self.twin(*attention_twin(layer, self.momentum),
+                             inputs[0])
+        activation = (keras.layers.ReLU, keras.layers.Activation)
+        if not isinstance(layer, _COPIED + _QUANTIZED_AFTER + activation):
             raise ValueError(
                 f"quantize_model cannot quantize layer {layer.name!r} of "
                 f"type {type(layer).__name__}. Accepted: "
                 f"{', '.join(SUPPORTED_LAYERS)}."
             )
-        tensor_map[id(out_tensor)] = (None, result)
+        copy = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, _COPIED):
+            return copy(*inputs)
+        if isinstance(layer, _QUANTIZED_AFTER):
+            merged = copy(inputs if len(inputs) > 1 else inputs[0])
+            return self.quantized(merged, layer.name)
+        name = _relu_kind(layer) or _activation_name(
+            getattr(layer, "activation", None))
+        if name not in _ACTIVATIONS:
+            raise ValueError(
+                f"Layer {layer.name!r}: activation {name!r} cannot "
+                "be quantized; accepted: relu, relu6, hard_swish, sigmoid."
+            )
+        return self.quantized(copy(inputs[0]), layer.name)
 
-    new_inputs = [tensor_map[id(t)][0] for t in model.inputs]
-    try:
-        new_outputs = [tensor_map[id(t)][1] for t in model.outputs]
-    except KeyError as error:
-        raise ValueError(
-            "A model output is a BatchNormalization or ReLU folded into a "
-            "convolution that feeds other layers; quantize_model cannot "
-            "rebuild it."
-        ) from error
-    twin = keras.Model(
-        new_inputs[0],
-        new_outputs[0] if len(new_outputs) == 1 else new_outputs,
-        name=name or f"{model.name}_qat",
-    )
-    for layer, weights in pending:
-        _set_weights(layer, weights)
-    if calibration_data is not None:
-        calibrate(twin, calibration_data, steps=calibration_steps)
-    return twin
+    def model(self, name):
+        new_inputs = [self.tensors[id(t)][0] for t in self.source.inputs]
+        try:
+            new_outputs = [self.tensors[id(t)][1]
+                           for t in self.source.outputs]
+        except KeyError as error:
+            raise ValueError(
+                "A model output is a BatchNormalization or ReLU folded into "
+                "a convolution that feeds other layers; quantize_model "
+                "cannot rebuild it."
+            ) from error
+        twin = keras.Model(
+            new_inputs[0],
+            new_outputs[0] if len(new_outputs) == 1 else new_outputs,
+            name=name,
+        )
+        for layer, weights in self.pending:
+            _set_weights(layer, weights)
+        return twin
 
 
 def _batches(data, steps):
