@@ -14,14 +14,14 @@ import os
 
 import numpy as np
 
+from keras_coordatt.applications.registry import application_names
+from keras_coordatt.applications.registry import get_application
 from keras_coordatt.export import formats
 from keras_coordatt.export.preset import write_json
 from keras_coordatt.utils.atomic import atomic_directory
 
-MODELS = {
-    "mobilenetv2_ca": "MobileNetV2CA",
-    "mobilenext_ca": "MobileNeXtCA",
-}
+# The registered application names (`applications.registry`).
+MODELS = application_names()
 VARIANTS = ("classification", "feature_vector")
 OUTPUT_NAMES = {"classification": "predictions",
                 "feature_vector": "feature_vector"}
@@ -41,12 +41,6 @@ FLOAT_TOLERANCE = 1e-5
 ROUNDING_FACTOR = 3.0
 IMAGENET_LICENSE = "MIT, weights by the authors of Coordinate Attention"
 CODE_LICENSE = "MIT"
-
-
-def _constructor(model_name):
-    import keras_coordatt
-
-    return getattr(keras_coordatt, MODELS[model_name])
 
 
 def check_arguments(model_name, weights, export_format, variant, int8=False,
@@ -138,7 +132,7 @@ def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
         (without `weights`).
     """
     check_arguments(model_name, weights, "keras", variant)
-    constructor = _constructor(model_name)
+    constructor = get_application(model_name)
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     kwargs = dict(
@@ -155,11 +149,11 @@ def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
         return constructor(weights=weights, **kwargs), kwargs
     try:  # a weights file without the classifier
         return constructor(weights=weights, **kwargs), kwargs
-    except Exception as notop_error:  # a file with it: load, then drop it
+    except ValueError as notop_error:  # a file with it: load, drop it
         top_kwargs = dict(kwargs, include_top=True, pooling=None)
         try:
             full = constructor(weights=weights, **top_kwargs)
-        except Exception:
+        except ValueError:
             raise notop_error from None
         model = constructor(weights=None, **kwargs)
         _copy_weights_by_name(full, model)
@@ -218,7 +212,8 @@ def make_metadata(model, kwargs, model_name, weights, variant,
         "variant": variant,
         "format": export_format,
         "architecture": {
-            "constructor": f"keras_coordatt.{MODELS[model_name]}",
+            "constructor":
+                f"keras_coordatt.{get_application(model_name).__name__}",
             "kwargs": arch,
         },
         "parameter_count": {
