@@ -58,6 +58,8 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_coordatt import CoordinateAttention  # noqa: E402
+from measure_litert import delegate_report  # noqa: E402
+from networks import randomize_statistics  # noqa: E402
 
 # (H, W, C) of the 16 CA layers of MobileNetV2CA 1.0 at 224, and how many.
 SHAPES = (((56, 56, 96), 1), ((56, 56, 144), 1), ((28, 28, 144), 1),
@@ -141,12 +143,6 @@ def randomize(layer, rng):
         v.assign(value.astype("float32"))
 
 
-def delegate_report(blob):
-    from run import delegate_report as report
-
-    return report(blob)
-
-
 def convert(model, int8, data):
     from keras_coordatt.quantization import convert_float
     from keras_coordatt.quantization import convert_ptq
@@ -192,8 +188,6 @@ def time_blobs(blobs, repeats, delegate=True):
 
 def network_variants(variants, int8, repeats):
     """Each variant inside MobileNetV2CA 1.0 at 224, against the bases."""
-    from run import randomize_statistics
-
     from keras_coordatt import MobileNetV2CA
 
     def swap(layer):
@@ -232,7 +226,7 @@ def network_variants(variants, int8, repeats):
     return lines
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--int8", action="store_true",
                    help="post-training int8 (int8 input and output)")
@@ -247,46 +241,64 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="markdown file to write")
     p.add_argument("--threads", type=int, default=1,
                    help="interpreter threads (CPU time counts all)")
-    args = p.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
-    variants = args.variants.split(",")
-    shapes = SHAPES
-    if args.shapes:
-        shapes = tuple((tuple(int(v) for v in s.split("x")), 1)
-                       for s in args.shapes.split(","))
+    return p.parse_args(argv)
+
+
+def parse_shapes(text):
+    """`((H, W, C), 1), ...` from "HxWxC,...", or the network's SHAPES."""
+    if not text:
+        return SHAPES
+    return tuple((tuple(int(v) for v in s.split("x")), 1)
+                 for s in text.split(","))
+
+
+def variant_model(shape, variant, data, rng, reference):
+    """The variant at one shape, with the first variant's weights, checked.
+
+    `reference`: None for the first weighted variant (its weights are drawn
+    from `rng` and it becomes the reference), else `(weights, outputs)`.
+    Returns `(model, reference)`.
+    """
+    model = build(shape, variant)
+    if variant in ("pass", "mean"):
+        return model, reference
+    layer = model.layers[-1]
+    if reference is None:
+        randomize(layer, rng)
+        return model, (layer.get_weights(), model.predict(data, verbose=0))
+    layer.set_weights(reference[0])
+    if variant in EQUIVALENT:
+        diff = np.abs(model.predict(data, verbose=0) - reference[1]).max()
+        if diff > 1e-5:
+            raise AssertionError(f"{variant} differs by {diff} at {shape}")
+    return model, reference
+
+
+def convert_variants(shape, variants, int8, rng):
+    """variant -> the LiteRT flatbuffer of the variant at one shape."""
+    data = rng.standard_normal((4,) + shape).astype("float32")
+    reference, blobs = None, {}
+    for variant in variants:
+        model, reference = variant_model(shape, variant, data, rng,
+                                         reference)
+        blobs[variant] = convert(model, int8, data)
+    return blobs
+
+
+def time_shapes(args, variants, shapes):
+    """Times every variant at every shape: the table's rows and totals.
+
+    Returns `(lines, totals, totals without XNNPACK, delegate reports at
+    the first shape)`.
+    """
     rng = np.random.default_rng(0)
     totals = {v: 0.0 for v in variants}
     totals_nd = {v: 0.0 for v in variants}
-    lines = [f"# CA inference-path variants in LiteRT "
-             f"({'int8' if args.int8 else 'float'}, {THREADS} thread(s), "
-             "CPU time, "
-             "median ms)", "",
-             "| shape | x | " + " | ".join(variants) + " |",
-             "|---|---|" + "---|" * len(variants)]
-    reports = {}
+    lines, reports = [], {}
     for shape, count in shapes:
-        data = rng.standard_normal((4,) + shape).astype("float32")
-        reference, blobs = None, {}
-        for variant in variants:
-            model = build(shape, variant)
-            if variant not in ("pass", "mean"):
-                layer = model.layers[-1]
-                if reference is None:
-                    randomize(layer, rng)
-                    reference = (layer.get_weights(),
-                                 model.predict(data, verbose=0))
-                else:
-                    layer.set_weights(reference[0])
-                    if variant in EQUIVALENT:
-                        diff = np.abs(model.predict(data, verbose=0)
-                                      - reference[1]).max()
-                        if diff > 1e-5:
-                            raise AssertionError(
-                                f"{variant} differs by {diff} at {shape}")
-            blobs[variant] = convert(model, args.int8, data)
-            if shape == shapes[0][0]:
-                reports[variant] = delegate_report(blobs[variant])
+        blobs = convert_variants(shape, variants, args.int8, rng)
+        if shape == shapes[0][0]:
+            reports = {v: delegate_report(blobs[v]) for v in variants}
         medians = time_blobs(blobs, args.repeats)
         for v in variants:
             totals[v] += count * medians[v]
@@ -299,15 +311,13 @@ def main(argv=None):
                      + " | ".join(f"{medians[v]:.4f}" for v in variants)
                      + " |")
         print(lines[-1], flush=True)
-    lines.append("| **network (sum x count)** | 16 | "
-                 + " | ".join(f"**{totals[v]:.3f}**" for v in variants)
-                 + " |")
-    if args.no_delegate:
-        lines.append("| without XNNPACK (sum) | 16 | "
-                     + " | ".join(f"{totals_nd[v]:.3f}" for v in variants)
-                     + " |")
-    lines += ["", f"Ops of each variant at {shapes[0][0]} (XNNPACK "
-              "partitions; ops left to the builtin kernels):", ""]
+    return lines, totals, totals_nd, reports
+
+
+def ops_lines(variants, reports, shape):
+    """Per variant: its op counts, partitions and ops outside XNNPACK."""
+    lines = ["", f"Ops of each variant at {shape} (XNNPACK "
+             "partitions; ops left to the builtin kernels):", ""]
     for v in variants:
         r = reports[v]
         ops_text = ", ".join(f"{k} {n}" for k, n in
@@ -316,16 +326,44 @@ def main(argv=None):
                             r["outside_delegate"].items()) or "none"
         lines.append(f"- `{v}`: {ops_text}; {r['partitions']} partition(s);"
                      f" outside XNNPACK: {outside}")
+    return lines
+
+
+def write(text, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    global THREADS
+    THREADS = args.threads
+    variants = args.variants.split(",")
+    shapes = parse_shapes(args.shapes)
+    lines = [f"# CA inference-path variants in LiteRT "
+             f"({'int8' if args.int8 else 'float'}, {THREADS} thread(s), "
+             "CPU time, "
+             "median ms)", "",
+             "| shape | x | " + " | ".join(variants) + " |",
+             "|---|---|" + "---|" * len(variants)]
+    rows, totals, totals_nd, reports = time_shapes(args, variants, shapes)
+    lines += rows
+    lines.append("| **network (sum x count)** | 16 | "
+                 + " | ".join(f"**{totals[v]:.3f}**" for v in variants)
+                 + " |")
+    if args.no_delegate:
+        lines.append("| without XNNPACK (sum) | 16 | "
+                     + " | ".join(f"{totals_nd[v]:.3f}" for v in variants)
+                     + " |")
+    lines += ops_lines(variants, reports, shapes[0][0])
     if args.network:
         lines += network_variants(variants, args.int8,
                                   max(20, args.repeats // 5))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)),
-                    exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
+        write(text, args.output)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,16 @@ from keras_coordatt import CoordinateAttention
 from keras_coordatt import MobileNetV2CA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "run.py")
 CA, BASE = "MobileNetV2CA", "MobileNetV2"
 
 
 def _load(name):
+    if BENCHMARKS not in sys.path:  # the modules import their siblings
+        sys.path.insert(0, BENCHMARKS)
     spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+        name, os.path.join(BENCHMARKS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -62,6 +65,46 @@ def test_mac_counter_matches_the_paper_at_224():
     assert abs(with_ca["attention"] - 5.9e6) / 5.9e6 < 0.02
     assert with_ca["total"] - with_ca["attention"] == base["total"]
     assert 1.015 < with_ca["total"] / base["total"] < 1.025
+
+
+def test_report_remakes_the_stored_results_md():
+    """report.py (no measuring) turns the stored results.json into the
+    stored results.md, byte for byte, and recomputes its derived numbers."""
+    report, summary = _load("report"), _load("summary")
+    folder = os.path.join(BENCHMARKS, "results")
+    with open(os.path.join(folder, "results.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(folder, "results.md")) as f:
+        assert report.markdown(result) == f.read()
+    assert summary.targets(result) == result["targets"]
+    assert summary.layer_summaries(result, result["backends"]) == \
+        result["layer_summary"]
+
+
+def test_benchmarks_import_nothing_from_tests():
+    """No benchmark module imports, or reads a file from, tests/."""
+    import ast
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    forbidden = {"tests"} | {f[:-3] for f in os.listdir(tests)
+                             if f.endswith(".py")}
+    for name in sorted(os.listdir(BENCHMARKS)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(BENCHMARKS, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                modules = []
+            assert not any(m.split(".")[0] in forbidden
+                           for m in modules), (name, modules)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value != "tests", name
+                assert not node.value.startswith("tests/"), name
 
 
 def _run(tmp_path, *extra, timeout=300):

@@ -545,21 +545,21 @@ def test_qat_fit_under_mirrored_strategy():
 
 # ------------------------------------------- SE and CBAM: every attention
 
-_run_benchmarks = None
+_measure_litert = None
 
 
 def _delegate_report(blob):
-    """benchmarks/run.py's `delegate_report`: ops, XNNPACK partitions and
-    the ops left to the builtin kernels."""
-    global _run_benchmarks
-    if _run_benchmarks is None:
-        import importlib.util
+    """benchmarks/measure_litert.py's `delegate_report`: ops, XNNPACK
+    partitions and the ops left to the builtin kernels."""
+    global _measure_litert
+    if _measure_litert is None:
+        import importlib
 
-        spec = importlib.util.spec_from_file_location(
-            "benchmarks_run", os.path.join(ROOT, "benchmarks", "run.py"))
-        _run_benchmarks = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_run_benchmarks)
-    return _run_benchmarks.delegate_report(blob)
+        benchmarks = os.path.join(ROOT, "benchmarks")
+        if benchmarks not in sys.path:  # its sibling modules, by name
+            sys.path.insert(0, benchmarks)
+        _measure_litert = importlib.import_module("measure_litert")
+    return _measure_litert.delegate_report(blob)
 
 
 _ATTENTION_KINDS = {

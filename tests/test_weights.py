@@ -1,6 +1,7 @@
 """The authors' checkpoint layout -> MobileNetV2CA, against a PyTorch reference."""
 
 import hashlib
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -16,7 +17,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import torch_reference as tr  # noqa: E402
 from keras_coordatt import MobileNetV2CA  # noqa: E402
 from keras_coordatt import MobileNeXtCA  # noqa: E402
 from keras_coordatt.cli import main as cli_main  # noqa: E402
@@ -30,6 +30,19 @@ from keras_coordatt.weights import load_weights  # noqa: E402
 HERE = os.path.dirname(__file__)
 # Vendored from ../shared/reference, so that a clone runs the test alone.
 KEYS_TSV = os.path.join(HERE, "fixtures", "mbv2_ca_state_dict_keys.tsv")
+
+
+def _torch_reference():
+    """benchmarks/torch_reference.py: the independent PyTorch network."""
+    path = os.path.join(os.path.dirname(os.path.abspath(HERE)),
+                        "benchmarks", "torch_reference.py")
+    spec = importlib.util.spec_from_file_location("torch_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tr = _torch_reference()
 
 
 def _blob_id(path):

@@ -1,10 +1,15 @@
-"""An independent PyTorch MobileNetV2 + coordinate attention (test-only).
+"""An independent PyTorch MobileNetV2 + coordinate attention.
 
 Written from the architecture description in the shared reference notes, with
 the module layout (and so the state_dict keys) of the authors' `mbv2_ca.pth`:
 `features.0` stem, `features.1..17` blocks (`conv.N` sequential indices),
 `conv` head, `classifier.1` linear. PyTorch semantics throughout: symmetric
 padding 1 for every 3x3 conv, BN eps 1e-5.
+
+Not part of the package, and sharing no code with it: the tests check the
+checkpoint converter and `MobileNetV2CA` against it
+(`tests/test_weights.py`), and `run.py` times it as the authors' network in
+PyTorch eager mode. It imports nothing but torch.
 """
 
 import torch
