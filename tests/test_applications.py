@@ -12,7 +12,7 @@ from keras_coordatt import MobileNeXtCA
 from keras_coordatt import decode_predictions
 from keras_coordatt import SqueezeExcitation
 from keras_coordatt import preprocess_input
-from keras_coordatt.applications import imagenet_utils as utils
+from keras_coordatt.applications import arguments as utils
 from keras_coordatt.applications import mobilenet_v2_ca
 
 

@@ -2,8 +2,8 @@
 
 from keras_coordatt.applications import mobilenet_v2_ca
 from keras_coordatt.applications import mobilenext_ca
-from keras_coordatt.applications.imagenet_utils import decode_predictions
-from keras_coordatt.applications.imagenet_utils import preprocess_input
+from keras_coordatt.applications.imagenet import decode_predictions
+from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
 from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
 

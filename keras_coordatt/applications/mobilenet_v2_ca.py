@@ -2,9 +2,10 @@
 
 import keras
 
-from keras_coordatt.applications import imagenet_utils as utils
-from keras_coordatt.applications.imagenet_utils import decode_predictions  # noqa: F401
-from keras_coordatt.applications.imagenet_utils import preprocess_input  # noqa: F401
+from keras_coordatt.applications import arguments
+from keras_coordatt.applications import blocks
+from keras_coordatt.applications.imagenet import decode_predictions  # noqa: F401
+from keras_coordatt.applications.imagenet import preprocess_input  # noqa: F401
 from keras_coordatt.weights import load_weights
 
 # (expansion t, channels c, repeats n, first stride s), as in the paper.
@@ -22,23 +23,23 @@ PUBLISHED_ALPHAS = (1.0,)
 
 def _inverted_res_block(x, expansion, filters, stride, block_id, attention,
                         reduction):
-    in_channels = utils.channels(x)
+    in_channels = blocks.channels(x)
     inputs = x
     if expansion == 1:
         prefix = "expanded_conv_"
     else:
         prefix = f"block_{block_id}_"
-        x = utils.conv_bn(
+        x = blocks.conv_bn(
             x, int(round(in_channels * expansion)), 1, 1, f"{prefix}expand",
             f"{prefix}expand_BN", f"{prefix}expand_relu",
         )
-    x = utils.conv_bn(
+    x = blocks.conv_bn(
         x, None, 3, stride, f"{prefix}depthwise", f"{prefix}depthwise_BN",
         f"{prefix}depthwise_relu", depthwise=True,
     )
     if expansion != 1:
-        x = utils.attention_block(x, attention, reduction, prefix)
-    x = utils.conv_bn(
+        x = blocks.attention_block(x, attention, reduction, prefix)
+    x = blocks.conv_bn(
         x, filters, 1, 1, f"{prefix}project", f"{prefix}project_BN"
     )
     if stride == 1 and in_channels == filters:
@@ -111,10 +112,10 @@ def MobileNetV2CA(
     - [MobileNetV2: Inverted Residuals and Linear Bottlenecks](
         https://arxiv.org/abs/1801.04381) (CVPR 2018)
     """
-    kind = utils.validate_arguments(
+    kind = arguments.validate_arguments(
         weights, include_top, classes, alpha, pooling, attention
     )
-    img_input, rows, cols = utils.application_input(
+    img_input, rows, cols = arguments.application_input(
         input_shape, input_tensor, include_top, weights
     )
     if weights == "imagenet":
@@ -130,27 +131,27 @@ def MobileNetV2CA(
                 f"`attention='ca'` (or True). Received: reduction={reduction}, "
                 f"attention={attention!r}"
             )
-        utils.warn_if_unusual_size(rows, cols)
+        arguments.warn_if_unusual_size(rows, cols)
 
-    x = utils.conv_bn(
-        img_input, utils.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+    x = blocks.conv_bn(
+        img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
         "bn_Conv1", "Conv1_relu",
     )
     block_id = 0
     for expansion, c, repeats, first_stride in STAGES:
-        filters = utils.make_divisible(c * alpha, 8)
+        filters = blocks.make_divisible(c * alpha, 8)
         for i in range(repeats):
             x = _inverted_res_block(
                 x, expansion, filters, first_stride if i == 0 else 1,
                 block_id, kind, reduction,
             )
             block_id += 1
-    last_filters = utils.make_divisible(1280 * alpha, 8) if alpha > 1.0 \
+    last_filters = blocks.make_divisible(1280 * alpha, 8) if alpha > 1.0 \
         else 1280
-    x = utils.conv_bn(x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu")
+    x = blocks.conv_bn(x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu")
     if name is None:
         name = f"mobilenetv2_ca_{alpha:0.2f}_{rows}"
-    model = utils.finish_model(
+    model = blocks.finish_model(
         img_input, input_tensor, x, name, include_top=include_top,
         pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights,

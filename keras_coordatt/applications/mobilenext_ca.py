@@ -4,9 +4,10 @@ import math
 
 import keras
 
-from keras_coordatt.applications import imagenet_utils as utils
-from keras_coordatt.applications.imagenet_utils import decode_predictions  # noqa: F401
-from keras_coordatt.applications.imagenet_utils import preprocess_input  # noqa: F401
+from keras_coordatt.applications import arguments
+from keras_coordatt.applications import blocks
+from keras_coordatt.applications.imagenet import decode_predictions  # noqa: F401
+from keras_coordatt.applications.imagenet import preprocess_input  # noqa: F401
 from keras_coordatt.weights import load_weights
 
 # (reduction t, channels c, repeats n, first stride s), as in MobileNeXt.
@@ -32,26 +33,26 @@ def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
     - cin != cout, stride 1: 1x1 reduce + BN, 1x1 expand + BN + ReLU6.
     - cin != cout, stride 2: the same, then dw3x3 stride 2 + BN.
     """
-    in_channels = utils.channels(x)
+    in_channels = blocks.channels(x)
     hidden = in_channels // reduction_t
     if hidden < filters / 6.0:
-        hidden = utils.make_divisible(math.ceil(filters / 6.0), 16)
+        hidden = blocks.make_divisible(math.ceil(filters / 6.0), 16)
     prefix = f"block_{block_id}_"
     full = reduction_t == 2 or single_block_stage or in_channels == filters
     inputs = x
     if full:
-        x = utils.conv_bn(
+        x = blocks.conv_bn(
             x, None, 3, 1, f"{prefix}dw1", f"{prefix}dw1_BN",
             f"{prefix}dw1_relu", depthwise=True,
         )
-        x = utils.attention_block(x, attention, reduction, prefix)
-    x = utils.conv_bn(x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN")
-    x = utils.conv_bn(
+        x = blocks.attention_block(x, attention, reduction, prefix)
+    x = blocks.conv_bn(x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN")
+    x = blocks.conv_bn(
         x, filters, 1, 1, f"{prefix}expand", f"{prefix}expand_BN",
         f"{prefix}expand_relu",
     )
     if full or stride == 2:
-        x = utils.conv_bn(
+        x = blocks.conv_bn(
             x, None, 3, stride, f"{prefix}dw2", f"{prefix}dw2_BN",
             depthwise=True,
         )
@@ -121,15 +122,15 @@ def MobileNeXtCA(
     - [Rethinking Bottleneck Structure for Efficient Mobile Network Design](
         https://arxiv.org/abs/2007.02269) (ECCV 2020)
     """
-    kind = utils.validate_arguments(
+    kind = arguments.validate_arguments(
         weights, include_top, classes, alpha, pooling, attention,
         published=False,
     )
-    img_input, rows, _ = utils.application_input(
+    img_input, rows, _ = arguments.application_input(
         input_shape, input_tensor, include_top, weights
     )
-    x = utils.conv_bn(
-        img_input, utils.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+    x = blocks.conv_bn(
+        img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
         "bn_Conv1", "Conv1_relu",
     )
     block_id = 0
@@ -137,7 +138,7 @@ def MobileNeXtCA(
         if c == 1280 and alpha <= 1.0:
             filters = 1280
         else:
-            filters = utils.make_divisible(c * alpha, 8)
+            filters = blocks.make_divisible(c * alpha, 8)
         for i in range(repeats):
             x = _sandglass_block(
                 x, filters, first_stride if i == 0 else 1, reduction_t,
@@ -146,7 +147,7 @@ def MobileNeXtCA(
             block_id += 1
     if name is None:
         name = f"mobilenext_ca_{alpha:0.2f}_{rows}"
-    model = utils.finish_model(
+    model = blocks.finish_model(
         img_input, input_tensor, x, name, include_top=include_top,
         pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights,

@@ -6,7 +6,7 @@ A network is registered with one line in `APPLICATIONS` (name -> the
 arguments and the same `preprocess_input` (the authors' torch mode).
 """
 
-from keras_coordatt.applications.imagenet_utils import preprocess_input
+from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
 from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
 

@@ -197,10 +197,10 @@ def make_metadata(model, kwargs, model_name, weights, variant,
     import keras
 
     import keras_coordatt
-    from keras_coordatt.applications import imagenet_utils
+    from keras_coordatt.applications import imagenet
 
-    mean = list(imagenet_utils.IMAGENET_MEAN)
-    std = list(imagenet_utils.IMAGENET_STD)
+    mean = list(imagenet.IMAGENET_MEAN)
+    std = list(imagenet.IMAGENET_STD)
     low = min((0.0 - m) / s for m, s in zip(mean, std))
     high = max((1.0 - m) / s for m, s in zip(mean, std))
     output_shape = [None] + list(model.outputs[0].shape[1:])

@@ -1,106 +1,23 @@
-"""What the application constructors share: input checks, heads, ImageNet I/O.
+"""The argument checks of the application constructors.
 
-The checks mirror `keras.applications` (same arguments, same errors, same
+They mirror `keras.applications` (same arguments, same errors, same
 warnings), so a model here behaves like `keras.applications.MobileNetV2`.
 """
 
-import json
 import math
 import numbers
 import os
 import warnings
 
 import keras
-import numpy as np
 
 from keras_coordatt.layers.registry import attention_names
-from keras_coordatt.layers.registry import get_attention
 
-# The preprocessing the authors' PyTorch weights expect (torchvision's).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Square sizes that select a default input size, as in keras.applications.
 DEFAULT_SIZES = (96, 128, 160, 192, 224)
-_CLASS_INDEX_PATH = os.path.join(
-    os.path.dirname(__file__), "imagenet_class_index.json"
-)
-_CLASS_INDEX = None
-# What `attention=` accepts: True and "ca" insert coordinate attention, False
-# and None insert none. Other kinds of attention are to be added here.
 # `attention=`: a registered kind, True ("ca"), False / None (no blocks), or
 # a callable `f(channels) -> layer` (not listed here).
 ATTENTION_CHOICES = (True, False, None) + attention_names()
-
-
-def make_divisible(value, divisor=8, min_value=None):
-    """Rounds a channel count to a multiple of `divisor` (at most -10 %)."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-def preprocess_input(x, data_format=None):
-    """Preprocesses a batch of RGB images in [0, 255] for these models.
-
-    The authors' weights expect torchvision's normalisation: scale to [0, 1],
-    subtract the ImageNet mean (0.485, 0.456, 0.406) and divide by the
-    standard deviation (0.229, 0.224, 0.225), per channel ("torch" mode of
-    `keras.applications.imagenet_utils.preprocess_input`).
-
-    Args:
-        x: float numpy array or tensor of shape `(..., H, W, 3)` (or
-            `(..., 3, H, W)` for channels_first), RGB values in [0, 255].
-        data_format: image data format; defaults to
-            `keras.config.image_data_format()`.
-
-    Returns:
-        The preprocessed batch, float32, same shape. A numpy input is never
-        modified (Keras' own function works in place on float arrays).
-    """
-    if isinstance(x, np.ndarray):
-        x = x.astype("float32")  # A copy, always.
-    return keras.applications.imagenet_utils.preprocess_input(
-        x, data_format=data_format, mode="torch"
-    )
-
-
-def _class_index():
-    global _CLASS_INDEX
-    if _CLASS_INDEX is None:
-        with open(_CLASS_INDEX_PATH, encoding="utf-8") as f:
-            _CLASS_INDEX = json.load(f)
-    return _CLASS_INDEX
-
-
-def decode_predictions(preds, top=5):
-    """Decodes ImageNet predictions into `(class_id, name, score)` tuples.
-
-    Works offline: the 1000-class index ships with the package.
-
-    Args:
-        preds: array of shape `(batch, 1000)` (probabilities or logits).
-        top: how many of the best classes to return per sample.
-
-    Returns:
-        A list (one per sample) of lists of `(wnid, name, score)` tuples,
-        best first.
-    """
-    preds = keras.ops.convert_to_numpy(preds)
-    if preds.ndim != 2 or preds.shape[1] != 1000:
-        raise ValueError(
-            "`decode_predictions` expects a batch of predictions, a 2D array "
-            f"of shape (samples, 1000). Received: preds.shape={preds.shape}"
-        )
-    index = _class_index()
-    results = []
-    for row in preds:
-        best = np.argsort(row)[-top:][::-1]
-        results.append(
-            [(*index[str(i)], float(row[i])) for i in best]
-        )
-    return results
 
 
 def validate_arguments(weights, include_top, classes, alpha, pooling,
@@ -394,86 +311,3 @@ def validate_alpha(alpha):
             "`alpha` must be a positive, finite number. "
             f"Received: alpha={alpha!r}"
         )
-
-
-def head(
-    x, include_top, pooling, classes, classifier_activation, weights, dropout
-):
-    """Global pooling + dropout + classifier, or the optional pooling."""
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-        validate_classifier_activation(classifier_activation, weights)
-        return keras.layers.Dense(
-            classes, activation=classifier_activation, name="predictions"
-        )(x)
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    return x
-
-
-def finish_model(img_input, input_tensor, features, name, **head_kwargs):
-    """Adds the head to `features` and wraps the graph in a `keras.Model`.
-
-    The model's inputs follow `input_tensor` back to its sources, as in
-    keras.applications. `head_kwargs` are `head()`'s arguments.
-    """
-    inputs = img_input
-    if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    return keras.Model(inputs, head(features, **head_kwargs), name=name)
-
-
-def conv_bn(x, filters, kernel_size, strides, name, bn_name, relu_name=None,
-            depthwise=False):
-    """Conv (no bias, symmetric padding) + BN (eps 1e-5) [+ ReLU6].
-
-    3x3 convolutions pad one pixel on every side, as PyTorch's `padding=1`:
-    TF's "same" padding at stride 2 would pad (0, 1) and shift the features.
-    """
-    channel_axis = 1 if keras.config.image_data_format() == "channels_first" \
-        else -1
-    if kernel_size > 1 and strides > 1:
-        pad = kernel_size // 2
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
-    if depthwise:
-        x = keras.layers.DepthwiseConv2D(
-            kernel_size, strides=strides, padding=padding, use_bias=False,
-            name=name,
-        )(x)
-    else:
-        x = keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding,
-            use_bias=False, name=name,
-        )(x)
-    x = keras.layers.BatchNormalization(
-        axis=channel_axis, momentum=0.9, epsilon=1e-5, name=bn_name
-    )(x)
-    if relu_name:
-        x = keras.layers.ReLU(6.0, name=relu_name)(x)
-    return x
-
-
-def attention_block(x, kind, reduction, prefix):
-    """The attention block `kind` (validated) applied to `x`, or `x`.
-
-    A registered kind is named `{prefix}{kind}` (`block_3_ca`, `block_3_se`)
-    and built with `reduction` (None: the kind's own default); a callable is
-    called with the channel count of `x` and keeps its layer's name.
-    """
-    if kind is None:
-        return x
-    if callable(kind):
-        return kind(channels(x))(x)
-    options = {} if reduction is None else {"reduction": reduction}
-    return get_attention(kind)(name=f"{prefix}{kind}", **options)(x)
-
-
-def channels(x):
-    axis = 1 if keras.config.image_data_format() == "channels_first" else -1
-    return x.shape[axis]
