@@ -619,10 +619,78 @@ def machine():
     }
 
 
-def run(args):
-    """Measures everything; returns the result dict (not yet written)."""
+def run_kinds(args, config, source, data, work_dir):
+    """Trains and measures every kind for every seed; `(runs, latency)`."""
+    runs, blobs = [], {}
+    for seed in args.seeds:
+        for kind in args.kinds:
+            row, blob = measure_kind(kind, seed, config, source, data,
+                                     work_dir)
+            runs.append(row)
+            blobs.setdefault(kind, blob)
+            log(f"{kind} seed {seed}: top-1 {row['top1']:.4f}, int8 "
+                f"{row['int8_top1']:.4f} ({row['wall_s']:.0f} s)")
+    latency = measure_latency(blobs, args.latency_runs, args.latency_warmup,
+                              data["val"][0][0])
+    log("latency: " + ", ".join(
+        f"{k} {v['median_ms']:.3f} ms" for k, v in latency.items()))
+    return runs, latency
+
+
+def run_insertion(args, config, source):
+    """The insertion rows over the seeds (None with --no-insertion)."""
+    if args.no_insertion:
+        return None
+    budget = insertion_budget(args, config)
+    probe, _ = eval_arrays(source, config, lambda x: x, limit=32)
+    per_seed = []
+    for seed in args.seeds:
+        per_seed.append(measure_insertion(seed, config, source, budget,
+                                          probe))
+        rows = per_seed[-1]["rows"]
+        log(f"insertion seed {seed}: base {per_seed[-1]['base_top1']:.4f}, "
+            f"without {rows['without']['top1']:.4f}, with CA "
+            f"{rows['with_ca']['top1']:.4f}")
+    return dict(summarize_insertion(per_seed), budget=budget)
+
+
+def config_record(args, config, source, data):
+    """The `config` entry of the results: what ran, on what, how."""
     import keras
 
+    command = "python benchmarks/attention_comparison.py " + " ".join(
+        sys.argv[1:] if args.argv is None else args.argv)
+    return {
+        "command": command.strip(),
+        "recipe": RECIPE,
+        "dataset": config.dataset,
+        "model": config.model,
+        "alpha": config.alpha,
+        "image_size": config.image_size,
+        "epochs": config.epochs,
+        "batch_size": config.per_replica_batch_size,
+        "steps_per_epoch": source.train_examples
+        // config.per_replica_batch_size,
+        "train_examples": source.train_examples,
+        "val_examples": source.val_examples,
+        "num_classes": source.num_classes,
+        "bn_recalibration_steps": config.bn_recalibration_steps,
+        "seeds": list(args.seeds),
+        "kinds": list(args.kinds),
+        "split_seed": args.split_seed,
+        "calibration_images": len(data["representative"]),
+        "latency_runs": args.latency_runs,
+        "latency_warmup": args.latency_warmup,
+        "latency_threads": 1,
+        "smoke": args.smoke,
+        "train_config": config.to_dict(),
+        "keras_backend": keras.backend.backend(),
+        "machine": machine(),
+    }
+
+
+def run(args):
+    """Measures everything; returns the result dict (not yet written)."""
     from keras_coordatt.training.models import preprocess_for
 
     started = time.time()
@@ -635,72 +703,18 @@ def run(args):
             source, config, preprocess, training_images=True,
             limit=args.calibration)[0],
     }
-    val_images = data["val"][0]
     owned = args.work_dir is None
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="attention_cmp_")
     os.makedirs(work_dir, exist_ok=True)
-    runs, blobs = [], {}
     try:
-        for seed in args.seeds:
-            for kind in args.kinds:
-                row, blob = measure_kind(kind, seed, config, source, data,
-                                         work_dir)
-                runs.append(row)
-                blobs.setdefault(kind, blob)
-                log(f"{kind} seed {seed}: top-1 {row['top1']:.4f}, int8 "
-                    f"{row['int8_top1']:.4f} ({row['wall_s']:.0f} s)")
-        latency = measure_latency(blobs, args.latency_runs,
-                                  args.latency_warmup, val_images[0])
-        log("latency: " + ", ".join(
-            f"{k} {v['median_ms']:.3f} ms" for k, v in latency.items()))
-        insertion = None
-        if not args.no_insertion:
-            budget = insertion_budget(args, config)
-            probe, _ = eval_arrays(source, config, lambda x: x, limit=32)
-            per_seed = []
-            for seed in args.seeds:
-                per_seed.append(measure_insertion(seed, config, source,
-                                                  budget, probe))
-                rows = per_seed[-1]["rows"]
-                log(f"insertion seed {seed}: base "
-                    f"{per_seed[-1]['base_top1']:.4f}, without "
-                    f"{rows['without']['top1']:.4f}, with CA "
-                    f"{rows['with_ca']['top1']:.4f}")
-            insertion = dict(summarize_insertion(per_seed), budget=budget)
+        runs, latency = run_kinds(args, config, source, data, work_dir)
+        insertion = run_insertion(args, config, source)
     finally:
         if owned:
             shutil.rmtree(work_dir, ignore_errors=True)
-    command = "python benchmarks/attention_comparison.py " + " ".join(
-        sys.argv[1:] if args.argv is None else args.argv)
     return {
         "schema_version": SCHEMA_VERSION,
-        "config": {
-            "command": command.strip(),
-            "recipe": RECIPE,
-            "dataset": config.dataset,
-            "model": config.model,
-            "alpha": config.alpha,
-            "image_size": config.image_size,
-            "epochs": config.epochs,
-            "batch_size": config.per_replica_batch_size,
-            "steps_per_epoch": source.train_examples
-            // config.per_replica_batch_size,
-            "train_examples": source.train_examples,
-            "val_examples": source.val_examples,
-            "num_classes": source.num_classes,
-            "bn_recalibration_steps": config.bn_recalibration_steps,
-            "seeds": list(args.seeds),
-            "kinds": list(args.kinds),
-            "split_seed": args.split_seed,
-            "calibration_images": len(data["representative"]),
-            "latency_runs": args.latency_runs,
-            "latency_warmup": args.latency_warmup,
-            "latency_threads": 1,
-            "smoke": args.smoke,
-            "train_config": config.to_dict(),
-            "keras_backend": keras.backend.backend(),
-            "machine": machine(),
-        },
+        "config": config_record(args, config, source, data),
         "kinds": summarize(runs, latency),
         "runs": runs,
         "insertion": insertion,
