@@ -6,6 +6,7 @@ from keras_coordatt.applications.imagenet import decode_predictions
 from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
 from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
+from keras_coordatt.applications.pyramid import pyramid_outputs
 
 __all__ = [
     "MobileNetV2CA",
@@ -14,4 +15,5 @@ __all__ = [
     "mobilenet_v2_ca",
     "mobilenext_ca",
     "preprocess_input",
+    "pyramid_outputs",
 ]

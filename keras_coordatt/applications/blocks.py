@@ -5,6 +5,7 @@ place, the classifier head and the final `keras.Model`."""
 import keras
 
 from keras_coordatt.applications.arguments import validate_classifier_activation
+from keras_coordatt.applications.pyramid import pyramid_outputs
 from keras_coordatt.layers.registry import get_attention
 
 
@@ -36,7 +37,8 @@ def head(
 
 
 def finish_model(img_input, input_tensor, features, name, **head_kwargs):
-    """Adds the head to `features` and wraps the graph in a `keras.Model`.
+    """Adds the head to `features` and wraps the graph in a `keras.Model`
+    with its `pyramid_outputs` (`applications.pyramid`).
 
     The model's inputs follow `input_tensor` back to its sources, as in
     keras.applications. `head_kwargs` are `head()`'s arguments.
@@ -44,7 +46,9 @@ def finish_model(img_input, input_tensor, features, name, **head_kwargs):
     inputs = img_input
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
-    return keras.Model(inputs, head(features, **head_kwargs), name=name)
+    model = keras.Model(inputs, head(features, **head_kwargs), name=name)
+    model.pyramid_outputs = pyramid_outputs(model)
+    return model
 
 
 def conv_bn(x, filters, kernel_size, strides, name, bn_name, relu_name=None,
