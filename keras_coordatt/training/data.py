@@ -12,6 +12,14 @@ turn a source into what `Model.fit` eats:
 - evaluation (`eval_dataset`): central crop + resize, same preprocessing,
   global batches (Keras splits them over the replicas).
 
+Sharding over the workers of a cluster is chosen per source, not left to
+tf.data's auto-sharding: each training pipeline reads its own shard (files
+of a tensorflow-datasets split when there are at least as many files as
+pipelines, like `AutoShardPolicy.FILE`; else, and for arrays and image
+folders, every pipeline-count-th example, like `AutoShardPolicy.DATA`), and
+the evaluation input is sharded by examples (`AutoShardPolicy.DATA`: its
+few files would leave workers without data).
+
 tensorflow-datasets and scikit-learn are imported only by the loaders that
 need them (the optional `datasets` extra).
 """
@@ -285,6 +293,14 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
         )
 
     def make_train(input_context=None, seed=0):
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        if pipelines > 1 and _num_files(builder, train_split) < pipelines:
+            # Too few files for one per pipeline (tfds would refuse): every
+            # pipeline reads them all in the same order and keeps its share
+            # of the examples (AutoShardPolicy.DATA).
+            return _shard(read(train_split), input_context)
+        # One file shard per pipeline (AutoShardPolicy.FILE), each pipeline
+        # shuffling its own files.
         return read(train_split, input_context, seed, shuffle_files=True)
 
     def make_val():
@@ -536,7 +552,12 @@ def train_dataset(source, *, image_size, global_batch_size, preprocess,
         ds = ds.batch(batch, drop_remainder=True)
         ds = ds.map(_finish(preprocess, num_classes),
                     num_parallel_calls=AUTOTUNE)
-        ds = ds.with_options(_options(deterministic))
+        options = _options(deterministic)
+        # Sharded by `make_train` already (see the module's docstring).
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+        ds = ds.with_options(options)
         return ds.prefetch(AUTOTUNE)
 
     if strategy is None or strategy.num_replicas_in_sync == 1:
@@ -667,6 +688,15 @@ def _supervised_keys(builder, name):
             f"Received: dataset='tfds:{name}' with supervised_keys={keys!r}"
         )
     return keys
+
+
+def _num_files(builder, split):
+    """Files of a (sub)split of a tensorflow-datasets dataset (0 when
+    unknown: shard by examples)."""
+    try:
+        return len(builder.info.splits[split].file_instructions)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _num_examples(builder, splits, split, read):

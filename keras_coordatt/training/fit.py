@@ -20,8 +20,21 @@ Files of a run (`output_dir`, default `runs/{model}-{dataset}`):
     backup/                       resumable state while the run is unfinished
     model.keras                   the final model
     results.json                  final metrics, steps, model path
+
+Multi-worker runs (`strategy="multi_worker"`, one process per worker, see
+`strategy.py`): every worker runs the same command and the same saves, but
+only the chief writes the files above; the others write theirs in a
+temporary folder that `train()` removes when it returns. Every worker
+resumes from the chief's backup (`output_dir` must be on storage they all
+see), after checking that they all read the same one. The global batch is
+`per_replica_batch_size` times the replicas of all workers, and the learning
+rate scales with it; each worker reads its own shard of the training data.
+At the end the BatchNorm moving statistics (each worker's own average of its
+batches) are averaged over the workers, so that every worker ends with the
+same weights as the chief's saved model.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,10 +44,12 @@ import time
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.training import callbacks as callbacks_lib
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.batchnorm import _batchnorm_layers
 from keras_coordatt.training.batchnorm import recalibrate_batchnorm
 from keras_coordatt.training.models import build_model
 from keras_coordatt.training.models import preprocess_for
@@ -45,13 +60,26 @@ from keras_coordatt.training.precision import set_policy
 from keras_coordatt.training.recipes import TrainConfig
 from keras_coordatt.training.recipes import get_config
 from keras_coordatt.training.schedules import scaled_learning_rate
+from keras_coordatt.training.strategy import check_multi_worker
 from keras_coordatt.training.strategy import device_kind
 from keras_coordatt.training.strategy import get_strategy
+from keras_coordatt.training.strategy import is_multi_worker
 from keras_coordatt.training.strategy import worker_dir
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
+_MESSAGE_LIMIT = 300  # characters of a wrapped error's message.
+
+
+class TrainingError(ValueError):
+    """Keras or TensorFlow failed while training, evaluating or saving.
+
+    Its message is one line: what failed, where (the worker of a cluster),
+    the original error's type and first line, tensor values elided; the
+    original exception is its `__cause__`. A `ValueError`, so that what
+    handles bad input (the CLI) handles it too.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +124,10 @@ class TrainResult:
         resumed_from: the backup state the run resumed from, or None.
         wall_time: seconds spent in `train()`.
         config: the resolved `TrainConfig`.
+        num_workers: worker processes of the run (1 off clusters).
+        worker_batch_size: examples per step this worker fed (its replicas'
+            batches, read from the input pipeline); the global batch is
+            the sum over the workers.
     """
 
     model: Optional[keras.Model]
@@ -110,6 +142,8 @@ class TrainResult:
     resumed_from: Optional[dict]
     wall_time: float
     config: TrainConfig
+    num_workers: int = 1
+    worker_batch_size: Optional[int] = None
 
 
 def default_output_dir(config):
@@ -168,6 +202,10 @@ class _Run:
     backup: callbacks_lib.TrainingBackup
     state: Optional[dict]
     started: float
+    output_dir: str = ""  # The run's folder (the chief's run_dir).
+    restore_backup: Optional[callbacks_lib.TrainingBackup] = None
+    num_workers: int = 1
+    worker_batch: Optional[int] = None
     source: object = None
     global_batch: int = 0
     steps_per_epoch: int = 0
@@ -211,18 +249,22 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
     run = _open_run(config, strategy, resume, started)
     if isinstance(run, TrainResult):
         return run
-    _load_inputs(run, source)
-    phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
-    previous_policy = set_policy(run.policy)
     try:
-        _build(run)
-        history = {}
-        for index, phase in enumerate(phases):
-            if run.state is None or index >= run.state["phase"]:
-                _merge(history, _run_phase(run, phase, index, verbose))
-        return _finish(run, history, phases[-1].learning_rate)
+        _load_inputs(run, source)
+        phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
+        previous_policy = set_policy(run.policy)
+        try:
+            _build(run)
+            history = {}
+            for index, phase in enumerate(phases):
+                if run.state is None or index >= run.state["phase"]:
+                    _merge(history, _run_phase(run, phase, index, verbose))
+            return _finish(run, history, phases[-1].learning_rate)
+        finally:
+            set_policy(previous_policy)
     finally:
-        set_policy(previous_policy)
+        if run.run_dir != run.output_dir:  # A worker's temporary folder.
+            shutil.rmtree(run.run_dir, ignore_errors=True)
 
 
 def _open_run(config, strategy, resume, started):
@@ -230,33 +272,72 @@ def _open_run(config, strategy, resume, started):
     when there is nothing to resume."""
     if strategy is None or isinstance(strategy, str):
         strategy = get_strategy(strategy or config.strategy, config.tpu)
+    check_multi_worker(strategy)
     kind = device_kind(strategy)
-    run_dir = worker_dir(config.output_dir or default_output_dir(config),
-                         strategy)
-    os.makedirs(run_dir, exist_ok=True)
-    backup = callbacks_lib.TrainingBackup(os.path.join(run_dir, "backup"))
-    state = backup.read_state()
+    output_dir = config.output_dir or default_output_dir(config)
+    # Every worker resumes from the chief's backup (the weights are the
+    # same on all of them), so that they all continue at the same step.
+    restore_backup = callbacks_lib.TrainingBackup(
+        os.path.join(output_dir, "backup"))
+    state = restore_backup.read_state()
+    num_workers = 1
+    if is_multi_worker(strategy):
+        num_workers = _num_workers(strategy)
+        _check_same_state(strategy, state, output_dir)
     if state is not None and not resume:
         raise ValueError(
-            f"{run_dir} holds the backup of an unfinished run (phase "
+            f"{output_dir} holds the backup of an unfinished run (phase "
             f"{state['phase']}, epoch {state['epoch']}, step "
             f"{state['step']}). Received: resume=False; pass resume=True "
             "(--resume) to continue it, or choose another output_dir."
         )
     if state is None and resume:
-        done = _completed(run_dir)
+        done = _completed(output_dir)
         if done is not None:
-            print(f"Nothing to resume: the run in {run_dir} is complete.",
+            print(f"Nothing to resume: the run in {output_dir} is complete.",
                   flush=True)
             return _result_from_file(done, config, started)
-        print(f"No backup in {run_dir}: starting a new run.", flush=True)
+        print(f"No backup in {output_dir}: starting a new run.", flush=True)
+    run_dir = worker_dir(output_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    backup = restore_backup if run_dir == output_dir else (
+        callbacks_lib.TrainingBackup(os.path.join(run_dir, "backup")))
     return _Run(
         config=config, strategy=strategy, kind=kind,
         policy=resolve_precision(config.mixed_precision, kind),
         jit_compile=resolve_jit_compile(config.jit_compile, kind),
         run_dir=run_dir, backup=backup, state=state, started=started,
-        best=state.get("best") if state else None,
+        best=state.get("best") if state else None, output_dir=output_dir,
+        restore_backup=restore_backup, num_workers=num_workers,
     )
+
+
+def _num_workers(strategy):
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, ())) for job in ("chief", "worker"))
+
+
+def _check_same_state(strategy, state, output_dir):
+    """Raises on every worker unless all read the same backup state (a
+    worker that cannot see the chief's folder would resume elsewhere and
+    hang the others)."""
+    key = [-1, -1, -1, -1] if state is None else [
+        state["phase"], state["epoch"], state["step"], state["iterations"]]
+    gathered = strategy.gather(
+        strategy.run(lambda: tf.constant([key], tf.int64)), axis=0
+    ).numpy()
+    if (gathered != gathered[0]).any():
+        seen = ", ".join(
+            "none" if row[0] < 0 else
+            f"phase {row[0]} epoch {row[1]} step {row[2]}" for row in gathered
+        )
+        raise ValueError(
+            "The workers read different backups in "
+            f"{os.path.join(output_dir, 'backup')}: {seen}. Every worker "
+            "resumes from the chief's backup, so output_dir must be on "
+            "storage all of them see (one machine, NFS, GCS). Received: "
+            f"output_dir={output_dir!r}"
+        )
 
 
 def _load_inputs(run, source):
@@ -295,12 +376,25 @@ def _load_inputs(run, source):
         seed=data_seed, deterministic=config.deterministic,
         num_classes=run.one_hot,
     )
+    run.worker_batch = _worker_batch(run.train_data)
     run.val_data = data_lib.eval_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, crop_fraction=config.eval_crop_fraction,
         cache=config.cache, drop_remainder=run.kind == "tpu",
         num_classes=run.one_hot,
     )
+
+
+def _worker_batch(dataset):
+    """Examples per step this process's input pipeline yields (None when the
+    batch dimension is not static)."""
+    leaves = tf.nest.flatten(dataset.element_spec, expand_composites=True)
+    dims = [spec.shape[0] for spec in leaves
+            if getattr(spec, "shape", None) is not None
+            and spec.shape.rank == 4]
+    if not dims or None in dims:
+        return None
+    return int(sum(dims))
 
 
 def _check_steps(run):
@@ -344,12 +438,16 @@ def _build(run):
               encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2)
     source = run.source
+    workers = ""
+    if run.num_workers > 1:
+        workers = (f" over {run.num_workers} workers ({run.worker_batch} "
+                   "on this one)")
     print(
         f"Training {run.model.name} on {source.name}: "
         f"{source.train_examples} training / {source.val_examples} "
         f"validation images, {source.num_classes} classes; "
         f"{run.strategy.num_replicas_in_sync} replica(s) on {run.kind}, "
-        f"global batch {run.global_batch}, {run.steps_per_epoch} "
+        f"global batch {run.global_batch}{workers}, {run.steps_per_epoch} "
         f"steps/epoch, policy {run.policy}, XLA "
         f"{'on' if run.jit_compile else 'off'}.",
         flush=True,
@@ -404,19 +502,22 @@ def _run_phase(run, phase, index, verbose):
         x=run.train_data, validation_data=run.val_data, callbacks=callbacks,
         verbose=verbose, shuffle=False,
     )
+    failing = f"Training (phase {phase.name})"
     if 0 < step < run.steps_per_epoch and epoch < phase.epochs:
         # Finish the interrupted epoch with exactly its missing steps.
         backup_callback.step_offset = step
-        _merge(history, run.model.fit(
-            initial_epoch=epoch, epochs=epoch + 1,
-            steps_per_epoch=run.steps_per_epoch - step, **fit,
-        ).history)
+        with _failures(run, failing):
+            _merge(history, run.model.fit(
+                initial_epoch=epoch, epochs=epoch + 1,
+                steps_per_epoch=run.steps_per_epoch - step, **fit,
+            ).history)
         epoch += 1
     if epoch < phase.epochs:
-        _merge(history, run.model.fit(
-            initial_epoch=epoch, epochs=phase.epochs,
-            steps_per_epoch=run.steps_per_epoch, **fit,
-        ).history)
+        with _failures(run, failing):
+            _merge(history, run.model.fit(
+                initial_epoch=epoch, epochs=phase.epochs,
+                steps_per_epoch=run.steps_per_epoch, **fit,
+            ).history)
     run.best = best_checkpoint.best
     return history
 
@@ -425,7 +526,7 @@ def _restore(run, phase, index, state, tag, extra):
     """Restores an interrupted phase (or marks a new one's start); returns
     the epoch and step to continue from."""
     if state is not None:
-        run.backup.restore(run.model, state)
+        run.restore_backup.restore(run.model, state)
         callbacks_lib.truncate_csv(
             callbacks_lib.csv_log_path(run.run_dir, tag), state["epoch"]
         )
@@ -448,26 +549,127 @@ def _finish(run, history, learning_rate):
     """Precise BatchNorm, the final evaluation, the model and results."""
     model, config = run.model, run.config
     if config.bn_recalibration_steps:
-        used = recalibrate_batchnorm(
-            model, run.train_data, config.bn_recalibration_steps,
-            run.strategy)
+        with _failures(run, "Precise BatchNorm"):
+            used = recalibrate_batchnorm(
+                model, run.train_data, config.bn_recalibration_steps,
+                run.strategy)
         print(f"BatchNorm statistics recomputed on {used} training batches "
               "with the final weights.", flush=True)
-    metrics = model.evaluate(run.val_data, return_dict=True, verbose=0)
-    model_path = os.path.join(run.run_dir, MODEL_FILE)
-    model.save(model_path)
+    if run.num_workers > 1:
+        with _failures(run, "Averaging BatchNorm statistics"):
+            _average_batchnorm_over_workers(model, run.strategy)
+    with _failures(run, "The final evaluation"):
+        metrics = model.evaluate(run.val_data, return_dict=True, verbose=0)
+    with _failures(run, "Saving the model"):
+        model.save(os.path.join(run.run_dir, MODEL_FILE))
     result = TrainResult(
         model=model, metrics={k: float(v) for k, v in metrics.items()},
-        model_path=model_path, output_dir=run.run_dir, history=history,
+        model_path=os.path.join(run.output_dir, MODEL_FILE),
+        output_dir=run.output_dir, history=history,
         optimizer_iterations=int(model.optimizer.iterations.numpy()),
         steps_per_epoch=run.steps_per_epoch,
         global_batch_size=run.global_batch, learning_rate=learning_rate,
         resumed_from=run.state, wall_time=time.time() - run.started,
-        config=config,
+        config=config, num_workers=run.num_workers,
+        worker_batch_size=run.worker_batch,
     )
-    _write_results(result)
+    _write_results(result, run.run_dir)
     run.backup.clear()
     return result
+
+
+def _average_batchnorm_over_workers(model, strategy):
+    """Sets every BatchNorm's moving statistics to their mean over the
+    workers, the same on all of them.
+
+    Each worker's statistics average the batches it saw (its data shard):
+    during training (a BatchNorm updates its own replica's copy) and after
+    `recalibrate_batchnorm`. Their mean over the workers is the average over
+    all the batches (equal batches per worker), in one all-reduce.
+    """
+    variables = [variable for layer in _batchnorm_layers(model)
+                 for variable in (layer.moving_mean, layer.moving_variance)]
+    if not variables:
+        return
+    local = np.concatenate([
+        np.ravel(keras.ops.convert_to_numpy(v)).astype("float32")
+        for v in variables
+    ])
+    mean = strategy.reduce(
+        "MEAN", strategy.run(lambda: tf.constant(local)), axis=None
+    ).numpy()
+    offset = 0
+    for variable in variables:
+        size = int(np.prod(variable.shape))
+        variable.assign(np.reshape(mean[offset:offset + size],
+                                   variable.shape).astype(variable.dtype))
+        offset += size
+
+
+@contextlib.contextmanager
+def _failures(run, what):
+    """Re-raises what Keras / TensorFlow raise inside as a `TrainingError`
+    with a one-line message."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except (tf.errors.OpError, ValueError, TypeError, RuntimeError) as e:
+        raise TrainingError(_failure_message(run, what, e)) from e
+
+
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
+def _failure_message(run, what, error):
+    where = ""
+    hint = ""
+    if run.num_workers > 1:
+        resolver = run.strategy.cluster_resolver
+        where = (f" on {resolver.task_type} {resolver.task_id} of "
+                 f"{run.num_workers} workers")
+        if isinstance(error, _PEER_ERRORS):
+            hint = (" A worker stopped or cannot be reached: restart every "
+                    "worker with --resume (resume=True) to continue from "
+                    "the chief's backup.")
+    return (f"{what} failed{where}: {type(error).__name__}: "
+            f"{one_line(error)}{hint}")
+
+
+def one_line(error, limit=_MESSAGE_LIMIT):
+    """The first line of an error's message, tensor values elided, at most
+    `limit` characters."""
+    text = getattr(error, "message", None)
+    if not isinstance(text, str):
+        text = str(error)
+    text = re.sub(r"PerReplica:\{.*?\n\}", "PerReplica:{...}", text,
+                  flags=re.S)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(
+        r"<tf\.Tensor: shape=(\([^)]*\)), dtype=(\w+), numpy=.*?\)>",
+        r"<tf.Tensor shape=\1 dtype=\2>", text, flags=re.S)
+    text = re.sub(r"array\(\[.*?\]\s*(, dtype=\w+)?\)", "array(...)",
+                  text, flags=re.S)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    line = lines[0]
+    if line.endswith("in user code:"):
+        # A tf.function's trace ends with the actual error.
+        line = lines[-1]
+    elif line.startswith("Graph execution error"):
+        # "Detected at node N defined at:", its stack ("File ..." lines),
+        # the actual error, then "[[{{node N}}]] [Op:...]".
+        stack = [i for i, text in enumerate(lines)
+                 if text.startswith(("File ", "Detected at node"))]
+        rest = [text for text in lines[(stack[-1] if stack else 0) + 1:]
+                if not text.startswith("[[")]
+        line = rest[0] if rest else line
+    line = " ".join(line.split())
+    if len(line) > limit:
+        line = line[:limit - 3] + "..."
+    return line
 
 
 def _loss(config, one_hot):
@@ -505,7 +707,7 @@ def _clear_logs(run_dir):
     shutil.rmtree(os.path.join(run_dir, "logs"), ignore_errors=True)
 
 
-def _write_results(result):
+def _write_results(result, folder):
     data = {
         "completed": True,
         "metrics": result.metrics,
@@ -516,8 +718,10 @@ def _write_results(result):
         "learning_rate": result.learning_rate,
         "resumed_from": result.resumed_from,
         "wall_time": result.wall_time,
+        "num_workers": result.num_workers,
+        "worker_batch_size": result.worker_batch_size,
     }
-    with open(os.path.join(result.output_dir, RESULTS_FILE), "w",
+    with open(os.path.join(folder, RESULTS_FILE), "w",
               encoding="utf-8") as f:
         json.dump(data, f, indent=2)
 
@@ -544,4 +748,6 @@ def _result_from_file(data, config, started):
         learning_rate=data["learning_rate"],
         resumed_from=data.get("resumed_from"),
         wall_time=time.time() - started, config=config,
+        num_workers=data.get("num_workers", 1),
+        worker_batch_size=data.get("worker_batch_size"),
     )

@@ -7,10 +7,20 @@ strategy. Build the model and the optimizer inside `strategy.scope()`
 
 TPU and multi-worker strategies must be created before TensorFlow runs any
 op, so call `get_strategy` first thing in the program.
+
+Multi-worker training (`"multi_worker"`): one process per worker, each with
+the same command and a `TF_CONFIG` naming the cluster and its own task.
+`MultiWorkerMirroredStrategy` here is TensorFlow's with a `reduce` that
+Keras 3's `Model.fit` can call (TensorFlow's rejects the nested batches and
+the per-replica scalar metrics Keras reduces with `axis=0`, tensorflow
+issue 72388). The chief (`chief:0`, or `worker:0` in a cluster without a
+chief) writes the run's files; the other workers write theirs in temporary
+folders (`worker_dir`) and restore from the chief's backup.
 """
 
 import json
 import os
+import tempfile
 
 import keras
 
@@ -99,7 +109,108 @@ def get_strategy(name="auto", tpu=None):
             "TF_CONFIG must be JSON. Received: "
             f"TF_CONFIG={os.environ['TF_CONFIG']!r} ({e})"
         ) from e
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_class()()
+
+
+_MULTI_WORKER_CLASS = []
+
+
+def _multi_worker_class():
+    """`MultiWorkerMirroredStrategy` with a reduce Keras 3 can use, made on
+    first use (TensorFlow is imported lazily)."""
+    if _MULTI_WORKER_CLASS:
+        return _MULTI_WORKER_CLASS[0]
+    tf = _tf()
+
+    class MultiWorkerMirroredStrategy(
+            tf.distribute.MultiWorkerMirroredStrategy):
+        """TensorFlow's `MultiWorkerMirroredStrategy` whose `reduce` takes
+        what Keras 3's TensorFlow trainer gives it.
+
+        Every `fit`/`evaluate` first calls `strategy.reduce("MEAN", batch,
+        axis=None)` on a nested batch of `PerReplica` values (only to build
+        the model's metrics from its shapes), then `strategy.reduce("MEAN",
+        metric, axis=0)` on the per-replica scalar metrics of every step.
+        TensorFlow's collective reduce takes neither: it converts the nest
+        to one tensor ("Attempt to convert a value (PerReplica:...) to a
+        Tensor") and reduces a scalar over its non-existent axis 0
+        (tensorflow issue 72388). Here:
+
+        - a scalar is reduced across the replicas only (`axis=None`), which
+          for a scalar is what `axis=0` asks for;
+        - a nested value is not all-reduced: each leaf is this worker's
+          first replica's value. All-reducing Keras' sample batch would
+          send a whole batch between the workers and fail whenever their
+          first batches differ in size (a validation set smaller than a
+          global batch), for the shapes only.
+
+        Everything else is TensorFlow's `reduce`.
+        """
+
+        def reduce(self, reduce_op, value, axis):
+            if value is None:
+                return None
+            if tf.nest.is_nested(value):
+                return tf.nest.map_structure(self._first_local, value)
+            if axis is not None and _rank(self, value) == 0:
+                axis = None
+            return super().reduce(reduce_op, value, axis)
+
+        def _first_local(self, value):
+            if isinstance(value, tf.distribute.DistributedValues):
+                return self.experimental_local_results(value)[0]
+            return value
+
+    MultiWorkerMirroredStrategy.__module__ = __name__
+    MultiWorkerMirroredStrategy.__qualname__ = "MultiWorkerMirroredStrategy"
+    _MULTI_WORKER_CLASS.append(MultiWorkerMirroredStrategy)
+    return MultiWorkerMirroredStrategy
+
+
+def __getattr__(name):
+    # `strategy.MultiWorkerMirroredStrategy`, without importing TensorFlow
+    # with this module.
+    if name == "MultiWorkerMirroredStrategy":
+        return _multi_worker_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _rank(strategy, value):
+    tf = _tf()
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = strategy.experimental_local_results(value)[0]
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return 0  # A Python number.
+    return tf.TensorShape(shape).rank
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several worker processes."""
+    tf = _tf()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker_mode = getattr(
+        strategy.extended, "_in_multi_worker_mode", None)
+    if in_multi_worker_mode is not None:
+        return bool(in_multi_worker_mode())
+    return len(strategy.cluster_resolver.cluster_spec().as_dict()) > 0
+
+
+def check_multi_worker(strategy):
+    """Raises if `strategy` is TensorFlow's own `MultiWorkerMirroredStrategy`
+    (Keras 3's `fit` fails in it); returns `strategy` otherwise."""
+    tf = _tf()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            not isinstance(strategy, _multi_worker_class())):
+        raise ValueError(
+            "Keras 3's Model.fit cannot reduce its metrics with TensorFlow's "
+            "own MultiWorkerMirroredStrategy. Received: strategy="
+            f"{type(strategy).__module__}.{type(strategy).__name__}; "
+            "accepted: strategy='multi_worker' or keras_coordatt.training."
+            "strategy.MultiWorkerMirroredStrategy(...) (same arguments)."
+        )
+    return strategy
 
 
 def _resolve_tpu(tf, tpu, required):
@@ -161,16 +272,19 @@ def is_chief(strategy):
 
 
 def worker_dir(output_dir, strategy):
-    """`output_dir` on the chief, a private subfolder on other workers.
+    """`output_dir` on the chief, a new temporary folder on other workers.
 
-    Every worker of a multi-worker run runs the same callbacks and saves,
-    but only the chief's files are the run's; the others write (and restore
-    their backups) under `output_dir/workers/TYPE-ID`. The folder must be
-    on storage every worker sees after a restart (GCS, NFS).
+    Every worker of a multi-worker run runs the same callbacks and saves
+    (saving reads variables that other workers hold a part of), but only
+    the chief's files are the run's: the others write theirs (checkpoints,
+    logs, backups, model) in a folder of the system's temporary directory,
+    which the caller removes at the end (`train()` does). They restore from
+    the chief's backup in `output_dir`, which must therefore be on storage
+    every worker sees (one machine, NFS, GCS).
     """
     if is_chief(strategy):
         return output_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(
-        output_dir, "workers", f"{resolver.task_type}-{resolver.task_id}"
+    return tempfile.mkdtemp(
+        prefix=f"keras-coordatt-{resolver.task_type}-{resolver.task_id}-"
     )

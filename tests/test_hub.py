@@ -1,0 +1,129 @@
+"""keras-hub classes: backbones, presets, converter, a DeepLabV3 on top."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+
+import keras  # noqa: E402
+
+import keras_coordatt as kc  # noqa: E402
+from keras_coordatt.datasets import digits_scenes  # noqa: E402
+from keras_coordatt.hub import MobileNetV2CABackbone  # noqa: E402
+from keras_coordatt.hub import MobileNetV2CAImageClassifier  # noqa: E402
+from keras_coordatt.hub import MobileNeXtCABackbone  # noqa: E402
+from keras_coordatt.hub import MobileNeXtCAImageClassifier  # noqa: E402
+from keras_coordatt.hub import (  # noqa: E402
+    MobileNetV2CAImageClassifierPreprocessor,
+)
+from keras_coordatt.hub import (  # noqa: E402
+    MobileNeXtCAImageClassifierPreprocessor,
+)
+from keras_coordatt.hub import MobileNetV2CAImageConverter  # noqa: E402
+from keras_coordatt.hub import MobileNeXtCAImageConverter  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HUB = {
+    "v2": (MobileNetV2CABackbone, MobileNetV2CAImageClassifier,
+           MobileNetV2CAImageClassifierPreprocessor,
+           MobileNetV2CAImageConverter, kc.MobileNetV2CA),
+    "next": (MobileNeXtCABackbone, MobileNeXtCAImageClassifier,
+             MobileNeXtCAImageClassifierPreprocessor,
+             MobileNeXtCAImageConverter, kc.MobileNeXtCA),
+}
+
+
+def _images(n=2, size=64, seed=0):
+    return np.random.default_rng(seed).uniform(
+        0, 255, (n, size, size, 3)).astype("float32")
+
+
+def test_importing_the_package_does_not_import_keras_hub():
+    code = ("import sys, keras_coordatt; "
+            "print('keras_hub' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("net", ["v2", "next"])
+def test_backbone_is_the_application_without_top(net, tmp_path):
+    backbone_cls, _, _, _, application = HUB[net]
+    backbone = backbone_cls(alpha=0.35, attention="ca")
+    reference = application(input_shape=(None, None, 3), alpha=0.35,
+                            weights=None, include_top=False)
+    assert backbone.count_params() == reference.count_params()
+    assert sorted(backbone.pyramid_outputs) == ["P1", "P2", "P3", "P4", "P5"]
+    # Same layer names: the application's weights file loads by name.
+    path = str(tmp_path / "notop.weights.h5")
+    reference.save_weights(path)
+    backbone.load_weights(path)
+    x = np.asarray(kc.preprocess_input(_images()))
+    np.testing.assert_array_equal(backbone.predict(x, verbose=0),
+                                  reference.predict(x, verbose=0))
+    config = backbone.get_config()
+    assert {k: config[k] for k in ("alpha", "reduction", "attention",
+                                   "image_shape")} == {
+        "alpha": 0.35, "reduction": None, "attention": "ca",
+        "image_shape": (None, None, 3)}
+
+
+@pytest.mark.parametrize("net", ["v2", "next"])
+def test_backbone_preset_round_trip(net, tmp_path):
+    backbone = HUB[net][0](alpha=0.35, attention="se")
+    backbone.save_to_preset(str(tmp_path))
+    loaded = keras_hub.models.Backbone.from_preset(str(tmp_path))
+    assert type(loaded) is HUB[net][0]
+    assert loaded.attention == "se"
+    x = np.asarray(kc.preprocess_input(_images()))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                  backbone.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("net", ["v2", "next"])
+def test_classifier_preset_round_trip(net, tmp_path):
+    backbone_cls, classifier_cls, preprocessor_cls, converter_cls, _ = HUB[net]
+    classifier = classifier_cls(
+        backbone=backbone_cls(alpha=0.35), num_classes=7,
+        preprocessor=preprocessor_cls(converter_cls(image_size=(64, 64))))
+    classifier.save_to_preset(str(tmp_path))
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path))
+    assert type(loaded) is classifier_cls
+    images = _images(3, size=80)  # resized to 64x64 by the converter
+    out = loaded.predict(images, verbose=0)
+    assert out.shape == (3, 7)
+    np.testing.assert_array_equal(out, classifier.predict(images, verbose=0))
+
+
+def test_converter_is_preprocess_input():
+    images = _images(4)
+    converted = np.asarray(MobileNetV2CAImageConverter()(images))
+    expected = np.asarray(kc.preprocess_input(images))
+    np.testing.assert_allclose(converted, expected, atol=2e-6)
+
+
+def test_deeplabv3_on_the_backbone_learns_digit_scenes(net="v2"):
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=HUB[net][0](alpha=0.35),
+        spatial_pyramid_pooling_key="P5", upsampling_size=8,
+        dilation_rates=[6, 12, 18], low_level_feature_key="P2",
+        image_shape=(64, 64, 3))
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(
+        backbone=backbone, num_classes=11)
+    segmenter.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    scenes = digits_scenes(16, image_size=64)
+    x = np.asarray(kc.preprocess_input(scenes["images"].astype("float32")))
+    y = scenes["masks"][..., None]
+    history = segmenter.fit(x, y, epochs=4, batch_size=16, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert segmenter.predict(x[:2], verbose=0).shape == (2, 64, 64, 11)
