@@ -318,6 +318,8 @@ def measure_latency(blobs, runs, warmup, image):
     Returns:
         `{name: {"median_ms", "p25_ms", "p75_ms", "cpu_median_ms", "n"}}`.
     """
+    from measure import interleaved
+
     from keras_coordatt.quantization.evaluate import interpreter
 
     invokes = {}
@@ -330,20 +332,10 @@ def measure_latency(blobs, runs, warmup, image):
             scale, zero = detail["quantization"]
             x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
         runner.set_tensor(detail["index"], x)
-        for _ in range(warmup):
-            runner.invoke()
         invokes[name] = runner.invoke
-    wall = {name: [] for name in invokes}
-    cpu = {name: [] for name in invokes}
-    names = list(invokes)
-    for r in range(runs):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            invokes[name]()
-            cpu[name].append(time.process_time() - start_cpu)
-            wall[name].append(time.perf_counter() - start)
+    wall, cpu = interleaved(invokes, runs, warmup)
     stats = {}
-    for name in names:
+    for name in invokes:
         ms = np.asarray(wall[name]) * 1e3
         stats[name] = {
             "median_ms": float(np.median(ms)),
