@@ -68,7 +68,7 @@ def _env():
 
 
 def test_recipes_are_plain_data_that_round_trip():
-    for name in ("paper_imagenet", "transfer", "digits"):
+    for name in ("paper_imagenet", "transfer", "digits", "digits_seg"):
         config = get_config(name)
         data = json.loads(json.dumps(config.to_dict()))
         assert TrainConfig.from_dict(data) == config
@@ -83,7 +83,8 @@ def test_recipes_are_plain_data_that_round_trip():
     transfer = get_config("transfer")
     assert transfer.transfer and transfer.frozen_epochs == 3
     assert transfer.finetune_learning_rate_factor == 0.1
-    assert set(RECIPES) == {"paper_imagenet", "transfer", "digits"}
+    assert set(RECIPES) == {"paper_imagenet", "transfer", "digits",
+                            "digits_seg"}
 
 
 def test_overrides_from_pairs_and_json_files(tmp_path):
@@ -217,6 +218,33 @@ def test_precision_and_xla_defaults_per_device():
         resolve_precision("float16", "gpu")
     with pytest.raises(ValueError, match="jit_compile='yes'"):
         resolve_jit_compile("yes", "gpu")
+
+
+def test_what_a_tpu_run_changes_without_a_tpu(monkeypatch, tmp_path):
+    # No TPU here: the run's set-up is taken through `_open_run` and
+    # `_load_inputs` as `device_kind` says "tpu", and checked against what a
+    # TPU needs: bfloat16 (no loss scaling), no extra XLA flag (the TPU
+    # compiles every step), and static shapes: every training and
+    # evaluation batch full (a last partial batch would recompile the step).
+    from keras_coordatt.training import fit as fit_lib
+
+    for variable in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_IP_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ValueError, match="strategy='tpu' found no TPU"):
+        get_strategy("tpu")
+    monkeypatch.setattr(fit_lib, "device_kind", lambda strategy: "tpu")
+    config = get_config("digits", {"output_dir": str(tmp_path),
+                                   "per_replica_batch_size": 32})
+    run = fit_lib._open_run(config, get_strategy("cpu"), False, time.time())
+    assert (run.kind, run.policy, run.jit_compile) == (
+        "tpu", "mixed_bfloat16", False)
+    x = np.random.default_rng(0).uniform(0, 255, (100, 32, 32, 3))
+    fit_lib._load_inputs(run, from_arrays(x[:70], np.arange(70) % 10,
+                                          x[70:], np.arange(30) % 10))
+    for dataset in (run.train_data, run.val_data):
+        assert [tuple(spec.shape) for spec in dataset.element_spec] == [
+            (32, 32, 32, 3), (32,)]
+    assert sum(1 for _ in run.val_data) == 30 // 32  # The remainder dropped.
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,13 @@ class TrainingBackup:
             The state dict written.
         """
         tf.io.gfile.makedirs(self.directory)
-        iterations = int(model.optimizer.iterations.numpy())
+        # JAX's `fit` keeps the training state out of the model's variables
+        # between epochs; a mid-epoch save must attach it first.
+        sync = getattr(model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        iterations = int(keras.ops.convert_to_numpy(
+            model.optimizer.iterations))
         weights = f"ckpt-{iterations:09d}.weights.h5"
         model.save_weights(os.path.join(self.directory, weights))
         state = {

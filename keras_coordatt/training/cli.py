@@ -7,9 +7,11 @@
         --strategy auto --resume
     keras-coordatt train --config transfer --dataset tfds:tf_flowers \\
         --set weights=/path/to/mbv2_ca.weights.h5
+    keras-coordatt train --task segmentation              # digits-seg demo
+    keras-coordatt train --task segmentation --dataset tfds:oxford_iiit_pet
 
 Flags override the recipe picked by `--config` (default: `digits` for the
-digits dataset, else `paper_imagenet`); `--set KEY=VALUE` reaches every
+digits dataset, `digits_seg` for segmentation, else `paper_imagenet`); `--set KEY=VALUE` reaches every
 `TrainConfig` field. The run ends by printing the validation metrics and the
 path of the saved `.keras` model.
 """
@@ -24,11 +26,13 @@ from keras_coordatt.training.fit import train
 from keras_coordatt.training.recipes import PRECISIONS
 from keras_coordatt.training.recipes import RECIPES
 from keras_coordatt.training.recipes import STRATEGY_NAMES
+from keras_coordatt.training.recipes import TASKS
 from keras_coordatt.training.recipes import get_config
 from keras_coordatt.training.recipes import parse_overrides
 
 # Flag -> TrainConfig field.
 _FLAG_FIELDS = {
+    "task": "task",
     "model": "model",
     "alpha": "alpha",
     "dataset": "dataset",
@@ -68,6 +72,12 @@ def build_parser():
         help="override any config field (repeatable), e.g. --set "
         "warmup_epochs=0 --set random_crop_scale=[0.5,1]",
     )
+    parser.add_argument(
+        "--task", choices=TASKS,
+        help="classification (default) or segmentation (DeepLabV3 on the "
+        "network; datasets digits-seg, tfds:oxford_iiit_pet, folder:PATH "
+        "with images/ and masks/)",
+    )
     parser.add_argument("--model", choices=application_names())
     parser.add_argument("--alpha", type=float, help="width multiplier")
     parser.add_argument("--attention", choices=attention_names() + ("none",),
@@ -75,7 +85,8 @@ def build_parser():
     parser.add_argument(
         "--dataset",
         help="digits (offline), tfds:NAME (e.g. tfds:imagenet2012, "
-        "tfds:tf_flowers), folder:PATH or npz:PATH",
+        "tfds:tf_flowers), folder:PATH or npz:PATH; for segmentation "
+        "digits-seg (offline), tfds:oxford_iiit_pet or folder:PATH",
     )
     parser.add_argument("--data-dir", help="tensorflow-datasets data dir")
     parser.add_argument(
@@ -115,10 +126,7 @@ def build_parser():
 
 def resolve_config(args):
     """The `TrainConfig` of parsed arguments: recipe, --set, then flags."""
-    name = args.config
-    if name is None:
-        dataset = args.dataset or "digits"
-        name = "digits" if dataset == "digits" else "paper_imagenet"
+    name = args.config or _default_recipe(args.task, args.dataset)
     overrides = parse_overrides(args.overrides)
     for flag, field in _FLAG_FIELDS.items():
         value = getattr(args, flag)
@@ -133,6 +141,13 @@ def resolve_config(args):
     if args.attention is not None:
         overrides["attention"] = args.attention != "none" and args.attention
     return get_config(name, overrides)
+
+
+def _default_recipe(task, dataset):
+    """The recipe without `--config`: the demo of the dataset or task."""
+    if task == "segmentation" or dataset == "digits-seg":
+        return "digits_seg"
+    return "digits" if dataset in (None, "digits") else "paper_imagenet"
 
 
 def main(argv=None):

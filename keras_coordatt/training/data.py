@@ -250,20 +250,64 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
     Returns:
         An `ImageSource` named `"tfds:NAME"`.
     """
+    builder = tfds_builder(
+        name, data_dir, "any name of tfds.list_builders() with image and "
+        "label features (e.g. imagenet2012, tf_flowers, cifar10)")
+    image_key, label_key = _supervised_keys(builder, name)
+    prepare_tfds(builder, download, manual_dir)
+    train_split, val_split = tfds_splits(builder, train_split, val_split,
+                                         validation_fraction)
+    image_feature = builder.info.features[image_key]
+    decoders = None
+    if getattr(image_feature, "encoding_format", None) == "jpeg":
+        decoders = {image_key: _import_tfds().decode.SkipDecoding()}
+    read = tfds_reader(
+        builder, lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
+        decoders)
+    make_train = tfds_train_reader(builder, read, train_split)
+
+    def make_val():
+        return read(val_split)
+
+    splits = dict(builder.info.splits)
+    label = builder.info.features[label_key]
+    return ImageSource(
+        name=f"tfds:{name}", num_classes=label.num_classes,
+        train_examples=_num_examples(builder, splits, train_split, read),
+        val_examples=_num_examples(builder, splits, val_split, read),
+        make_train=make_train, make_val=make_val,
+        class_names=list(label.names),
+    )
+
+
+def tfds_builder(name, data_dir, accepted):
+    """The tensorflow-datasets builder of `name`.
+
+    Raises:
+        ValueError: no such dataset; the message says what is `accepted`.
+    """
     tfds = _import_tfds()
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except ValueError as e:  # DatasetNotFoundError is one.
         raise ValueError(
             "Unknown tensorflow-datasets dataset. Received: "
-            f"dataset='tfds:{name}'; accepted: any name of "
-            "tfds.list_builders() with image and label features "
-            f"(e.g. imagenet2012, tf_flowers, cifar10). ({e})"
+            f"dataset='tfds:{name}'; accepted: {accepted}. ({e})"
         ) from e
-    image_key, label_key = _supervised_keys(builder, name)
+
+
+def prepare_tfds(builder, download, manual_dir):
+    """Downloads and prepares the builder's data if allowed and needed."""
     if download and not builder.is_prepared():
-        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        download_config = _import_tfds().download.DownloadConfig(
+            manual_dir=manual_dir)
         builder.download_and_prepare(download_config=download_config)
+
+
+def tfds_splits(builder, train_split, val_split, validation_fraction):
+    """The `(train, validation)` split names: the given ones, else `train`
+    and the first of `validation`, `test`, else the two sides of `train`
+    cut at `1 - validation_fraction`."""
     splits = dict(builder.info.splits)
     if val_split is None:
         val_split = next((s for s in _VALIDATION_SPLITS if s in splits), None)
@@ -274,10 +318,13 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
             train_split, val_split = f"train[:{percent}%]", (
                 f"train[{percent}%:]"
             )
-    image_feature = builder.info.features[image_key]
-    decoders = None
-    if getattr(image_feature, "encoding_format", None) == "jpeg":
-        decoders = {image_key: tfds.decode.SkipDecoding()}
+    return train_split, val_split
+
+
+def tfds_reader(builder, convert, decoders=None):
+    """`read(split, input_context=None, seed=None, shuffle_files=False)`:
+    a split's examples mapped by `convert` (feature dict -> tuple)."""
+    tfds = _import_tfds()
 
     def read(split, input_context=None, seed=None, shuffle_files=False):
         read_config = tfds.ReadConfig(
@@ -287,10 +334,14 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
             split=split, shuffle_files=shuffle_files, decoders=decoders,
             read_config=read_config,
         )
-        return ds.map(
-            lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
-            num_parallel_calls=AUTOTUNE,
-        )
+        return ds.map(convert, num_parallel_calls=AUTOTUNE)
+
+    return read
+
+
+def tfds_train_reader(builder, read, train_split):
+    """An `ImageSource.make_train` over `read`, sharded per input pipeline
+    (see the module's docstring)."""
 
     def make_train(input_context=None, seed=0):
         pipelines = input_context.num_input_pipelines if input_context else 1
@@ -303,17 +354,7 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
         # shuffling its own files.
         return read(train_split, input_context, seed, shuffle_files=True)
 
-    def make_val():
-        return read(val_split)
-
-    label = builder.info.features[label_key]
-    return ImageSource(
-        name=f"tfds:{name}", num_classes=label.num_classes,
-        train_examples=_num_examples(builder, splits, train_split, read),
-        val_examples=_num_examples(builder, splits, val_split, read),
-        make_train=make_train, make_val=make_val,
-        class_names=list(label.names),
-    )
+    return make_train
 
 
 def from_folder(path, load_size=256, validation_fraction=0.1, seed=0):
@@ -518,6 +559,43 @@ def train_dataset(source, *, image_size, global_batch_size, preprocess,
     Returns:
         A `tf.data.Dataset` or a distributed dataset.
     """
+    def augment(image, label, seeds):
+        image = random_resized_crop(image, seeds[0], image_size, scale, ratio)
+        if horizontal_flip:
+            image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+        return image, label
+
+    return training_stream(
+        source, augment=augment, finish=_finish(preprocess, num_classes),
+        global_batch_size=global_batch_size, strategy=strategy,
+        shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
+        deterministic=deterministic,
+    )
+
+
+def training_stream(source, *, augment, finish, global_batch_size,
+                    strategy=None, shuffle_buffer=10_000, cache=False,
+                    seed=0, deterministic=False):
+    """The task-independent core of a training input pipeline.
+
+    Order: read (sharded per host) -> [cache] -> shuffle -> repeat ->
+    `augment` with per-example stateless seeds -> per-replica batches (drop
+    remainder) -> `finish` -> prefetch; one pipeline per host through
+    `strategy.distribute_datasets_from_function`. `train_dataset` and the
+    segmentation pipelines are this with their own `augment` and `finish`.
+
+    Args:
+        source: an `ImageSource` (its examples are `(image, target)`).
+        augment: `(image, target, seeds) -> (image, target)` for one
+            example; `seeds` is an int64 `(2, 2)` tensor, two stateless
+            seeds unique to the example.
+        finish: `(images, targets) -> (inputs, targets)` for one batch.
+        global_batch_size, strategy, shuffle_buffer, cache, seed,
+        deterministic: see `train_dataset`.
+
+    Returns:
+        A `tf.data.Dataset` or a distributed dataset.
+    """
     buffer = max(1, min(shuffle_buffer, source.train_examples))
 
     def dataset_fn(input_context=None):
@@ -534,24 +612,16 @@ def train_dataset(source, *, image_size, global_batch_size, preprocess,
                         reshuffle_each_iteration=True)
         ds = ds.repeat().enumerate()
 
-        def augment(index, example):
-            image, label = example
+        def augment_one(index, example):
             element = tf.cast(index, tf.int64) * pipelines + pipeline_id
             seeds = tf.random.experimental.stateless_split(
                 tf.stack([tf.constant(seed, tf.int64), element]), 2
             )
-            image = random_resized_crop(image, seeds[0], image_size, scale,
-                                        ratio)
-            if horizontal_flip:
-                image = tf.image.stateless_random_flip_left_right(
-                    image, seeds[1]
-                )
-            return image, label
+            return augment(*example, seeds)
 
-        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch, drop_remainder=True)
-        ds = ds.map(_finish(preprocess, num_classes),
-                    num_parallel_calls=AUTOTUNE)
+        ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
         options = _options(deterministic)
         # Sharded by `make_train` already (see the module's docstring).
         options.experimental_distribute.auto_shard_policy = (
@@ -567,7 +637,7 @@ def train_dataset(source, *, image_size, global_batch_size, preprocess,
 
 def eval_dataset(source, *, image_size, global_batch_size, preprocess,
                  crop_fraction=0.875, cache=False, drop_remainder=False,
-                 num_classes=None):
+                 num_classes=None, pad_to_multiple=1):
     """The evaluation input: center-cropped, preprocessed global batches.
 
     Keras distributes it over the replicas (each worker reading its share of
@@ -583,6 +653,40 @@ def eval_dataset(source, *, image_size, global_batch_size, preprocess,
         drop_remainder: drop the last partial batch (TPUs need static
             shapes).
         num_classes: one-hot labels with this many classes, or None.
+        pad_to_multiple: with more than 1, every element gets a sample
+            weight (1) and copies of the first example with weight 0 make
+            the count a multiple of it: a JAX mesh splits every batch over
+            its batch axis, the last one too, and the weights keep the
+            metrics those of the real examples.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)`, or of `(images, labels,
+        weights)` when padded.
+    """
+    return evaluation_stream(
+        source,
+        transform=lambda image, label: (
+            center_crop(image, image_size, crop_fraction), label),
+        finish=_finish(preprocess, num_classes),
+        global_batch_size=global_batch_size, cache=cache,
+        drop_remainder=drop_remainder, pad_to_multiple=pad_to_multiple,
+    )
+
+
+def evaluation_stream(source, *, transform, finish, global_batch_size,
+                      cache=False, drop_remainder=False, pad_to_multiple=1):
+    """The task-independent core of an evaluation input pipeline.
+
+    Order: read -> [cache] -> `transform` -> global batches -> `finish` ->
+    prefetch, in order, sharded by examples over the workers
+    (`AutoShardPolicy.DATA`).
+
+    Args:
+        source: an `ImageSource`.
+        transform: `(image, target) -> (image, target)` for one example.
+        finish: `(images, targets) -> (inputs, targets)` for one batch.
+        global_batch_size, cache, drop_remainder, pad_to_multiple: see
+            `eval_dataset`.
 
     Returns:
         A `tf.data.Dataset`.
@@ -590,13 +694,11 @@ def eval_dataset(source, *, image_size, global_batch_size, preprocess,
     ds = source.make_val()
     if cache:
         ds = ds.cache()
-    ds = ds.map(
-        lambda image, label: (center_crop(image, image_size, crop_fraction),
-                              label),
-        num_parallel_calls=AUTOTUNE,
-    )
+    ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
+    if pad_to_multiple > 1:
+        ds = _pad_with_zero_weights(ds, source.val_examples, pad_to_multiple)
     ds = ds.batch(global_batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(_finish(preprocess, num_classes), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
     options = _options(True)
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA
@@ -605,13 +707,23 @@ def eval_dataset(source, *, image_size, global_batch_size, preprocess,
 
 
 def _finish(preprocess, num_classes):
-    def finish(images, labels):
+    def finish(images, labels, *weights):
         images = preprocess(images)
         if num_classes:
             labels = tf.one_hot(labels, num_classes)
-        return images, labels
+        return (images, labels, *weights)
 
     return finish
+
+
+def _pad_with_zero_weights(ds, count, multiple):
+    ds = ds.map(lambda image, label: (image, label, tf.constant(1.0)))
+    missing = -count % multiple
+    if not missing:
+        return ds
+    padding = ds.take(1).map(
+        lambda image, label, weight: (image, label, tf.constant(0.0)))
+    return ds.concatenate(padding.repeat(missing))
 
 
 def _options(deterministic):

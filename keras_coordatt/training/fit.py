@@ -15,7 +15,7 @@ Files of a run (`output_dir`, default `runs/{model}-{dataset}`):
     training_log.csv              per-epoch metrics and learning rate
     training_log_frozen.csv       (transfer) the frozen-backbone phase
     logs/                         TensorBoard
-    checkpoints/best.keras        best validation accuracy so far
+    checkpoints/best.keras        best validation accuracy (mean IoU) so far
     checkpoints/last.keras        end of the last epoch
     backup/                       resumable state while the run is unfinished
     model.keras                   the final model
@@ -49,8 +49,13 @@ import tensorflow as tf
 
 from keras_coordatt.training import callbacks as callbacks_lib
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training import segmentation
+from keras_coordatt.training import segmentation_data
 from keras_coordatt.training.batchnorm import _batchnorm_layers
 from keras_coordatt.training.batchnorm import recalibrate_batchnorm
+from keras_coordatt.training.distribution import DistributionStrategy
+from keras_coordatt.training.distribution import as_strategy
+from keras_coordatt.training.distribution import run_scope
 from keras_coordatt.training.models import build_model
 from keras_coordatt.training.models import preprocess_for
 from keras_coordatt.training.optimizers import build_optimizer
@@ -70,6 +75,11 @@ RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 _MESSAGE_LIMIT = 300  # characters of a wrapped error's message.
+# By `TrainConfig.task`: the input pipelines' module (the same functions and
+# arguments) and the validation metric of the best checkpoint.
+_TASK_DATA = {"classification": data_lib, "segmentation": segmentation_data}
+_TASK_MONITOR = {"classification": "val_accuracy",
+                 "segmentation": segmentation.MONITOR}
 
 
 class TrainingError(ValueError):
@@ -110,7 +120,8 @@ class TrainResult:
     Attributes:
         model: the trained Keras model.
         metrics: final evaluation on the validation data (`loss`,
-            `accuracy`, `top5_accuracy` with more than 5 classes).
+            `accuracy`, `top5_accuracy` with more than 5 classes; for
+            segmentation `loss`, `mean_iou`, `pixel_accuracy`).
         model_path: the saved `.keras` model.
         output_dir: the run's folder.
         history: per-epoch logs (lists by metric) of every epoch this call
@@ -225,7 +236,8 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         config: a `TrainConfig`, a recipe name (`"paper_imagenet"`,
             `"transfer"`, `"digits"`) or a JSON config path.
         overrides: dict of config fields to override.
-        strategy: a `tf.distribute.Strategy` or a strategy name; default
+        strategy: a `tf.distribute.Strategy`, a `keras.distribution.
+            Distribution` (JAX backend) or a strategy name; default
             `config.strategy`.
         source: an `ImageSource` to use instead of `config.dataset` (e.g.
             `data.from_arrays(...)`).
@@ -254,12 +266,14 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
         previous_policy = set_policy(run.policy)
         try:
-            _build(run)
-            history = {}
-            for index, phase in enumerate(phases):
-                if run.state is None or index >= run.state["phase"]:
-                    _merge(history, _run_phase(run, phase, index, verbose))
-            return _finish(run, history, phases[-1].learning_rate)
+            with run_scope(run.strategy):
+                _build(run)
+                history = {}
+                for index, phase in enumerate(phases):
+                    if run.state is None or index >= run.state["phase"]:
+                        _merge(history,
+                               _run_phase(run, phase, index, verbose))
+                return _finish(run, history, phases[-1].learning_rate)
         finally:
             set_policy(previous_policy)
     finally:
@@ -272,7 +286,7 @@ def _open_run(config, strategy, resume, started):
     when there is nothing to resume."""
     if strategy is None or isinstance(strategy, str):
         strategy = get_strategy(strategy or config.strategy, config.tpu)
-    check_multi_worker(strategy)
+    strategy = check_multi_worker(as_strategy(strategy))
     kind = device_kind(strategy)
     output_dir = config.output_dir or default_output_dir(config)
     # Every worker resumes from the chief's backup (the weights are the
@@ -343,11 +357,12 @@ def _check_same_state(strategy, state, output_dir):
 def _load_inputs(run, source):
     """Seeds, the image source and the training / validation pipelines."""
     config, state, strategy = run.config, run.state, run.strategy
+    data = _TASK_DATA[config.task]
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if source is None:
-        source = data_lib.load_source(
+        source = data.load_source(
             config.dataset, image_size=config.image_size,
             validation_fraction=config.validation_fraction, seed=config.seed,
             data_dir=config.data_dir, manual_dir=config.manual_dir,
@@ -367,7 +382,7 @@ def _load_inputs(run, source):
     data_seed = config.seed + (
         1_000_003 * state["phase"] + state["iterations"] if state else 0
     )
-    run.train_data = data_lib.train_dataset(
+    run.train_data = data.train_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, strategy=strategy,
         scale=config.random_crop_scale, ratio=config.random_crop_ratio,
@@ -377,11 +392,13 @@ def _load_inputs(run, source):
         num_classes=run.one_hot,
     )
     run.worker_batch = _worker_batch(run.train_data)
-    run.val_data = data_lib.eval_dataset(
+    run.val_data = data.eval_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, crop_fraction=config.eval_crop_fraction,
         cache=config.cache, drop_remainder=run.kind == "tpu",
-        num_classes=run.one_hot,
+        num_classes=run.one_hot, pad_to_multiple=(
+            strategy.num_replicas_in_sync
+            if isinstance(strategy, DistributionStrategy) else 1),
     )
 
 
@@ -424,14 +441,23 @@ def _build(run):
     """The model, in the strategy's scope; the run's config file."""
     config = run.config
     with run.strategy.scope():
-        run.model, run.backbone = build_model(
-            config.model, run.source.num_classes,
-            image_size=config.image_size, alpha=config.alpha,
-            weights=config.weights, reduction=config.reduction,
-            attention=config.attention, transfer=config.transfer,
-            head_dropout=config.head_dropout,
-            finetune_batchnorm=config.finetune_batchnorm, policy=run.policy,
-        )
+        if config.task == "segmentation":
+            run.model, run.backbone = segmentation.build_segmenter(
+                config.model, run.source.num_classes,
+                image_size=config.image_size, alpha=config.alpha,
+                weights=config.weights, reduction=config.reduction,
+                attention=config.attention, transfer=config.transfer,
+            )
+        else:
+            run.model, run.backbone = build_model(
+                config.model, run.source.num_classes,
+                image_size=config.image_size, alpha=config.alpha,
+                weights=config.weights, reduction=config.reduction,
+                attention=config.attention, transfer=config.transfer,
+                head_dropout=config.head_dropout,
+                finetune_batchnorm=config.finetune_batchnorm,
+                policy=run.policy,
+            )
     if run.state is None:
         _clear_logs(run.run_dir)
     with open(os.path.join(run.run_dir, CONFIG_FILE), "w",
@@ -472,7 +498,12 @@ def _compile(run, phase):
         )
         model.compile(
             optimizer=optimizer, loss=_loss(config, run.one_hot),
-            metrics=_metrics(model, run.one_hot),
+            # Weighted: the zero-weight padding of a JAX mesh's evaluation
+            # batches (`data.eval_dataset`) must not count.
+            weighted_metrics=_metrics(model, run.one_hot, config.task),
+            # Not "auto": keras-hub tasks (the segmenter) would add their
+            # default metrics.
+            metrics=None,
             jit_compile=run.jit_compile,
             steps_per_execution=config.steps_per_execution,
         )
@@ -493,6 +524,7 @@ def _run_phase(run, phase, index, verbose):
             run.run_dir, backup=run.backup, save_every=run.config.backup_every,
             phase=index, tag=tag, tensorboard=run.config.tensorboard,
             best=run.best, extra=extra,
+            monitor=_TASK_MONITOR[run.config.task],
         )
     )
     state = run.state if run.state and index == run.state["phase"] else None
@@ -673,15 +705,22 @@ def one_line(error, limit=_MESSAGE_LIMIT):
 
 
 def _loss(config, one_hot):
+    # The mean over the weights: zero-weight padding (see `_compile`) does
+    # not dilute a batch's loss; unweighted batches are unchanged.
+    reduction = "mean_with_sample_weight"
+    if config.task == "segmentation":
+        return segmentation.segmentation_loss(reduction)
     if one_hot:
         return keras.losses.CategoricalCrossentropy(
-            label_smoothing=config.label_smoothing
+            label_smoothing=config.label_smoothing, reduction=reduction
         )
-    return keras.losses.SparseCategoricalCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
 
 
-def _metrics(model, one_hot):
+def _metrics(model, one_hot, task="classification"):
     classes = model.outputs[0].shape[-1]
+    if task == "segmentation":
+        return segmentation.segmentation_metrics(classes)
     if one_hot:
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         top = keras.metrics.TopKCategoricalAccuracy
@@ -737,6 +776,8 @@ def _completed(run_dir):
 
 def _result_from_file(data, config, started):
     model = None
+    if config.task == "segmentation":
+        import keras_coordatt.hub  # noqa: F401  (registers the backbones)
     if os.path.exists(data["model_path"]):
         model = keras.saving.load_model(data["model_path"])
     return TrainResult(

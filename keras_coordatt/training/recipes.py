@@ -7,6 +7,8 @@ what they receive. Three recipes ship with the package:
 - `paper_imagenet`: the coordinate attention paper's ImageNet setting.
 - `transfer`: frozen-backbone warm-up, then full fine-tuning at a lower LR.
 - `digits`: the offline demo (scikit-learn's 8x8 digits), a few CPU minutes.
+- `digits_seg`: the offline segmentation demo (`task="segmentation"` on
+  canvases of those digits), a couple of CPU minutes.
 
 `get_config("digits", {"epochs": 3})` or `get_config("my.json", ...)` gives a
 recipe with overrides; `parse_overrides(["epochs=3", "alpha=0.5"])` turns
@@ -27,11 +29,20 @@ OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 ATTENTIONS = (True, False) + attention_names()
+TASKS = ("classification", "segmentation")
+# Datasets that hold one kind of target only: the task they need.
+DATASET_TASKS = {"digits": "classification", "digits-seg": "segmentation"}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything `train()` needs besides the data itself.
+
+    Task:
+        task: `"classification"` (the network's own classifier, or a
+            transfer head) or `"segmentation"` (keras-hub's DeepLabV3 on
+            the network as a keras-hub backbone: see
+            `keras_coordatt.training.segmentation`).
 
     Model:
         model: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
@@ -51,7 +62,9 @@ class TrainConfig:
             transfer-learning guide's advice) keeps them in inference mode.
 
     Data:
-        dataset: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"npz:PATH"`.
+        dataset: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"npz:PATH"`;
+            for segmentation `"digits-seg"`, `"tfds:oxford_iiit_pet"` or
+            `"folder:PATH"` (`PATH/images/` and `PATH/masks/`).
         data_dir: tensorflow-datasets data directory.
         manual_dir: directory of manually downloaded archives (ImageNet's
             `ILSVRC2012_img_{train,val}.tar`); default `DATA_DIR/downloads/
@@ -124,6 +137,8 @@ class TrainConfig:
         tensorboard: write TensorBoard logs.
     """
 
+    # Task.
+    task: str = "classification"
     # Model.
     model: str = "mobilenetv2_ca"
     alpha: float = 1.0
@@ -185,6 +200,7 @@ class TrainConfig:
         self._check()
 
     def _check(self):
+        _choice("task", self.task, TASKS)
         _choice("model", self.model, MODEL_NAMES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
@@ -242,11 +258,39 @@ class TrainConfig:
                 "model has a backbone to freeze). Received: "
                 f"frozen_epochs={self.frozen_epochs}, transfer=False"
             )
+        self._check_task()
         if self.epochs + self.frozen_epochs < 1:
             raise ValueError(
                 "Nothing to train: `epochs` + `frozen_epochs` must be >= 1. "
                 f"Received: epochs={self.epochs}, "
                 f"frozen_epochs={self.frozen_epochs}"
+            )
+
+    def _check_task(self):
+        needed = DATASET_TASKS.get(self.dataset, self.task)
+        if needed != self.task:
+            accepted = [name for name, task in DATASET_TASKS.items()
+                        if task == self.task]
+            raise ValueError(
+                f"`dataset={self.dataset!r}` is a {needed} dataset. "
+                f"Received: dataset={self.dataset!r}, task={self.task!r}; "
+                f"accepted for task={self.task!r}: "
+                f"{', '.join(accepted + ['tfds:NAME', 'folder:PATH'])}"
+            )
+        if self.task != "segmentation":
+            return
+        if self.image_size % 32:
+            raise ValueError(
+                "`image_size` must be a multiple of 32 for segmentation "
+                "(DeepLabV3 upsamples the stride-32 features back to it). "
+                f"Received: image_size={self.image_size}, task="
+                "'segmentation'"
+            )
+        if self.label_smoothing:
+            raise ValueError(
+                "`label_smoothing` is for classification (segmentation "
+                "masks stay sparse). Received: label_smoothing="
+                f"{self.label_smoothing}, task='segmentation'"
             )
 
     def replace(self, **overrides):
@@ -365,10 +409,41 @@ def _digits():
     )
 
 
+def _digits_seg():
+    # The offline segmentation demo: `digits-seg` canvases (64x64, up to 3
+    # real digits, 11 classes with the background), DeepLabV3 on
+    # MobileNetV2-CA at alpha 0.35 from scratch. AdamW: from scratch on a
+    # few hundred steps it learns far faster than SGD. Flips (the image and
+    # its mask together; a mirrored digit keeps its class here, a pixel
+    # label is what is learned), mild crops, the whole canvas at evaluation.
+    return TrainConfig(
+        task="segmentation",
+        model="mobilenetv2_ca",
+        alpha=0.35,
+        dataset="digits-seg",
+        image_size=64,
+        random_crop_scale=(0.6, 1.0),
+        random_crop_ratio=(0.8, 1.25),
+        horizontal_flip=True,
+        eval_crop_fraction=1.0,
+        epochs=8,
+        per_replica_batch_size=32,
+        optimizer="adamw",
+        base_learning_rate=2e-3,
+        base_batch_size=32,
+        weight_decay=1e-4,
+        warmup_fraction=1 / 8,
+        warmup_epochs=1,
+        bn_recalibration_steps=8,
+        backup_every=0,
+    )
+
+
 RECIPES = {
     "paper_imagenet": _paper_imagenet,
     "transfer": _transfer,
     "digits": _digits,
+    "digits_seg": _digits_seg,
 }
 
 
@@ -377,9 +452,9 @@ def get_config(name_or_path="digits", overrides=None):
 
     Args:
         name_or_path: one of `RECIPES` (`"paper_imagenet"`, `"transfer"`,
-            `"digits"`) or the path to a JSON file holding a dict of
-            `TrainConfig` fields (missing fields take the dataclass
-            defaults; a `"recipe"` key names a recipe to start from).
+            `"digits"`, `"digits_seg"`) or the path to a JSON file holding
+            a dict of `TrainConfig` fields (missing fields take the
+            dataclass defaults; a `"recipe"` key names a recipe to start from).
         overrides: optional dict of field values applied last.
 
     Returns:

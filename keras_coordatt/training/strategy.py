@@ -16,6 +16,10 @@ the per-replica scalar metrics Keras reduces with `axis=0`, tensorflow
 issue 72388). The chief (`chief:0`, or `worker:0` in a cluster without a
 chief) writes the run's files; the other workers write theirs in temporary
 folders (`worker_dir`) and restore from the chief's backup.
+
+On the JAX backend the strategies are `keras.distribution` ones (see
+`distribution.py`): `get_strategy` returns a `DistributionStrategy` and the
+functions here take it as well as a `tf.distribute.Strategy`.
 """
 
 import json
@@ -25,6 +29,9 @@ import tempfile
 import keras
 
 from keras_coordatt.backend import require_tensorflow
+from keras_coordatt.training.distribution import DistributionStrategy
+from keras_coordatt.training.distribution import get_distribution_strategy
+from keras_coordatt.training.distribution import single_device_strategy
 
 STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 # Environment variables that name a TPU (Cloud TPU nodes, Colab, TPU VMs).
@@ -58,13 +65,22 @@ def get_strategy(name="auto", tpu=None):
         tpu: TPU name or gRPC address for `"auto"`/`"tpu"`; `"local"` on a
             TPU VM.
 
+    On the JAX backend: `keras.distribution.DataParallel` over the devices
+    of the platform `name` asks for (`"auto"`: JAX's default one), as a
+    `DistributionStrategy`; `tpu` is not used (JAX finds a TPU VM's chips
+    itself) and `"multi_worker"` is refused.
+
     Returns:
-        A `tf.distribute.Strategy`.
+        A `tf.distribute.Strategy` (a `DistributionStrategy` on JAX).
 
     Raises:
         ValueError: unknown `name`, or the hardware/cluster it names is not
             there.
     """
+    if keras.backend.backend() == "jax":
+        return get_distribution_strategy(name)
+    if keras.backend.backend() == "torch":
+        return single_device_strategy(name)
     tf = _tf()
     if name not in STRATEGIES:
         raise ValueError(
@@ -187,6 +203,8 @@ def _rank(strategy, value):
 
 def is_multi_worker(strategy):
     """Whether `strategy` spans several worker processes."""
+    if isinstance(strategy, DistributionStrategy):
+        return False
     tf = _tf()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
@@ -200,6 +218,8 @@ def is_multi_worker(strategy):
 def check_multi_worker(strategy):
     """Raises if `strategy` is TensorFlow's own `MultiWorkerMirroredStrategy`
     (Keras 3's `fit` fails in it); returns `strategy` otherwise."""
+    if isinstance(strategy, DistributionStrategy):
+        return strategy
     tf = _tf()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
             not isinstance(strategy, _multi_worker_class())):
@@ -244,6 +264,8 @@ def _resolve_tpu(tf, tpu, required):
 
 def device_kind(strategy):
     """Returns `"tpu"`, `"gpu"` or `"cpu"`: where `strategy` computes."""
+    if isinstance(strategy, DistributionStrategy):
+        return strategy.device_kind
     tf = _tf()
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu"

@@ -1,0 +1,114 @@
+"""Semantic segmentation in `train()`: keras-hub's DeepLabV3 on our networks.
+
+With `TrainConfig.task="segmentation"`, `train()` runs its usual steps
+(strategy, precision, backups, phases, evaluation, saved model) with three
+things of this module and the pipelines of `segmentation_data`:
+
+- the model (`build_segmenter`): a keras-hub `DeepLabV3ImageSegmenter` on a
+  `DeepLabV3Backbone` whose image encoder is our keras-hub backbone of the
+  config's model (`MobileNetV2CABackbone` / `MobileNeXtCABackbone`, same
+  `alpha`, `reduction`, `attention`): ASPP (dilations 6, 12, 18) on P5
+  (stride 32), upsampled 8x and joined with a 48-channel projection of P2
+  (stride 4), a 256-filter head upsampled 4x to the input size, and a 1x1
+  convolution giving per-pixel logits (the segmenter's `activation=None`);
+- the loss (`segmentation_loss`): sparse categorical cross-entropy from
+  those logits;
+- the metrics (`segmentation_metrics`): `mean_iou` (Keras' `MeanIoU` over
+  all classes, the background included, taking the argmax of the logits)
+  and `pixel_accuracy`; the best checkpoint is the epoch of the highest
+  `val_mean_iou` (`MONITOR`).
+
+keras-hub (the `hub` extra) is imported when a segmenter is built.
+"""
+
+import keras
+
+from keras_coordatt.applications.arguments import validate_attention
+from keras_coordatt.applications.registry import get_application
+
+MONITOR = "val_mean_iou"
+# DeepLabV3+ on strides 32 and 4 (keras-hub's arguments, as its presets).
+DEEPLAB = dict(
+    spatial_pyramid_pooling_key="P5", upsampling_size=8,
+    dilation_rates=[6, 12, 18], low_level_feature_key="P2",
+    projection_filters=48,
+)
+
+
+def hub_backbone_class(name):
+    """The keras-hub backbone class of registered application `name`.
+
+    Raises:
+        ValueError: `name` is not registered (`registry.get_application`).
+    """
+    from keras_coordatt import hub
+
+    application = get_application(name)
+    classes = (hub.MobileNetV2CABackbone, hub.MobileNeXtCABackbone)
+    return next(cls for cls in classes if cls.application is application)
+
+
+def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
+                    weights=None, reduction=None, attention=True,
+                    transfer=False):
+    """A DeepLabV3 segmenter on the keras-hub backbone of `name`.
+
+    Call it inside the strategy's scope, after setting the dtype policy
+    (the segmenter's layers take it).
+
+    Args:
+        name: a registered application (`applications.registry`).
+        num_classes: classes of the per-pixel logits (the background
+            included).
+        image_size: square input side, a multiple of 32.
+        alpha, reduction, attention: the application's arguments.
+        weights: `None`, `"imagenet"` or a weights file of the network
+            without its top (`include_top=False`), loaded into the encoder
+            with the application's own checks.
+        transfer: return the encoder as the backbone to freeze in a
+            `frozen_epochs` phase.
+
+    Returns:
+        `(segmenter, backbone)`: the keras-hub `DeepLabV3ImageSegmenter`,
+        and with `transfer` its image encoder (else None).
+
+    Raises:
+        ValueError: an unknown model or attention, or weights that do not
+            fit (the application's errors).
+    """
+    import keras_hub
+
+    kind = validate_attention(attention)
+    encoder = hub_backbone_class(name)(
+        alpha=alpha, reduction=reduction, attention=kind)
+    if weights is not None:
+        pretrained = get_application(name)(
+            input_shape=(image_size, image_size, 3), alpha=alpha,
+            include_top=False, weights=weights, reduction=reduction,
+            attention=kind,
+        )
+        encoder.set_weights(pretrained.get_weights())
+    backbone = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=encoder, image_shape=(image_size, image_size, 3),
+        **DEEPLAB)
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(
+        backbone=backbone, num_classes=num_classes,
+        name=f"deeplabv3_{encoder.name}")
+    return segmenter, encoder if transfer else None
+
+
+def segmentation_loss(reduction="sum_over_batch_size"):
+    """Sparse categorical cross-entropy of the per-pixel logits (computed
+    in float32 under a mixed policy: Keras losses cast their inputs)."""
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=reduction)
+
+
+def segmentation_metrics(num_classes):
+    """`mean_iou` (argmax of the logits against the mask, every class) and
+    `pixel_accuracy`."""
+    return [
+        keras.metrics.MeanIoU(num_classes, sparse_y_pred=False,
+                              name="mean_iou"),
+        keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+    ]
