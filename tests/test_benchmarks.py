@@ -351,3 +351,20 @@ def test_attention_comparison_smoke(tmp_path):
     for label in ("| none (MobileNetV2) |", "| SE |", "| CBAM |", "| CA |",
                   "| base, no attention |", "| base + inserted CA |"):
         assert label in text
+
+
+@pytest.mark.slow
+def test_gpu_training_script_on_cpu(tmp_path):
+    """`gpu_training.py --quick`: the script a GPU run will use, checked
+    here on the CPU (two tiny runs through `train()`)."""
+    out = tmp_path / "gpu_training.json"
+    assert _load("gpu_training").main(["--quick", "--output", str(out)]) == 0
+    with open(out) as f:
+        record = json.load(f)
+    assert record["backend"] == "tensorflow" and record["all_finite"]
+    for run in record["runs"].values():
+        assert run["timed_steps"] == 3 and run["global_batch"] == 8
+        assert run["images_per_second"] > 0 and len(run["loss"]) == 3
+    assert record["ca_over_base_time"] == pytest.approx(
+        record["runs"]["base"]["images_per_second"]
+        / record["runs"]["ca"]["images_per_second"])

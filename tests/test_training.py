@@ -169,6 +169,21 @@ def test_cli_unknown_dataset_exits_2_with_the_accepted_forms(
     assert "dataset='imagenet'" in err and "tfds:NAME" in err
 
 
+def test_cli_exits_1_when_the_run_fails_and_2_on_bad_input(
+        monkeypatch, tmp_path, capsys):
+    from keras_coordatt.training import fit as fit_lib
+
+    def failing(*args, **kwargs):
+        raise fit_lib.TrainingError("Training (phase full) failed: boom")
+
+    monkeypatch.setattr(train_cli, "train", failing)
+    assert train_cli.main(["--output-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "keras-coordatt train: Training (phase full) failed: boom")
+    assert train_cli.main(["--epochs", "0", "--output-dir",
+                           str(tmp_path)]) == 2
+
+
 def test_importing_the_package_leaves_the_optional_extras_alone():
     # tensorflow-datasets loads only when a tfds:/folder: dataset is read.
     # (scikit-learn cannot be checked this way: keras itself imports it.)

@@ -12,7 +12,16 @@
 - `TrainingBackup`, `BackupAndRestore`, `make_callbacks`: fault tolerance
   and logs.
 
-Needs the TensorFlow backend; the dataset loaders need the `datasets` extra
+- `TrainConfig(task="segmentation")`: keras-hub's DeepLabV3 on the
+  networks (`segmentation.py`, pipelines in `segmentation_data.py`).
+
+Backends: TensorFlow (tf.distribute: TPU, multi-GPU, multi-worker), JAX
+(`keras.distribution.DataParallel` over the local devices, or any
+`keras.distribution` passed as `strategy`: `distribution.py`) and PyTorch
+(one device). tf.data is the input pipeline on all three. TPU runs differ
+by bfloat16, no extra XLA flag and static batch shapes (the evaluation's
+last partial batch dropped); `tests/test_training.py` checks that set-up
+without a TPU. The dataset loaders need the `datasets` extra
 (tensorflow-datasets, scikit-learn), imported only when used.
 """
 

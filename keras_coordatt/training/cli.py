@@ -22,6 +22,7 @@ import sys
 
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
+from keras_coordatt.training.fit import TrainingError
 from keras_coordatt.training.fit import train
 from keras_coordatt.training.recipes import PRECISIONS
 from keras_coordatt.training.recipes import RECIPES
@@ -163,7 +164,10 @@ def main(argv=None):
         return 0
     try:
         result = train(config, resume=args.resume, verbose=args.verbose)
-    except ValueError as e:
+    except TrainingError as e:  # The run itself failed: exit 1.
+        print(f"keras-coordatt train: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # Bad input (arguments, data): exit 2.
         print(f"keras-coordatt train: {e}", file=sys.stderr)
         return 2
     metrics = " | ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

@@ -226,10 +226,11 @@ class _Run:
     model: Optional[keras.Model] = None
     backbone: Optional[keras.Model] = None
     best: Optional[float] = None
+    user_callbacks: list = dataclasses.field(default_factory=list)
 
 
 def train(config="digits", *, overrides=None, strategy=None, source=None,
-          resume=False, verbose="auto"):
+          resume=False, verbose="auto", callbacks=None):
     """Trains (or fine-tunes) a model as `config` says.
 
     Args:
@@ -245,6 +246,8 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
             step it reached); a completed run is not trained again.
         verbose: `Model.fit` verbosity (`"auto"`, 0, 1 progress bars, 2 one
             line per epoch).
+        callbacks: Keras callbacks added to the run's own in every `fit`
+            (e.g. a timer).
 
     Returns:
         A `TrainResult`.
@@ -261,6 +264,7 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
     run = _open_run(config, strategy, resume, started)
     if isinstance(run, TrainResult):
         return run
+    run.user_callbacks = list(callbacks or [])
     try:
         _load_inputs(run, source)
         phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
@@ -531,8 +535,9 @@ def _run_phase(run, phase, index, verbose):
     epoch, step = _restore(run, phase, index, state, tag, extra)
     history = {}
     fit = dict(
-        x=run.train_data, validation_data=run.val_data, callbacks=callbacks,
-        verbose=verbose, shuffle=False,
+        x=run.train_data, validation_data=run.val_data,
+        callbacks=callbacks + run.user_callbacks, verbose=verbose,
+        shuffle=False,
     )
     failing = f"Training (phase {phase.name})"
     if 0 < step < run.steps_per_epoch and epoch < phase.epochs:

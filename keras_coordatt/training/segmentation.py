@@ -7,7 +7,7 @@ things of this module and the pipelines of `segmentation_data`:
 - the model (`build_segmenter`): a keras-hub `DeepLabV3ImageSegmenter` on a
   `DeepLabV3Backbone` whose image encoder is our keras-hub backbone of the
   config's model (`MobileNetV2CABackbone` / `MobileNeXtCABackbone`, same
-  `alpha`, `reduction`, `attention`): ASPP (dilations 6, 12, 18) on P5
+  `alpha`, `reduction`, `attention`): ASPP (`aspp_dilation_rates`) on P5
   (stride 32), upsampled 8x and joined with a 48-channel projection of P2
   (stride 4), a 256-filter head upsampled 4x to the input size, and a 1x1
   convolution giving per-pixel logits (the segmenter's `activation=None`);
@@ -30,9 +30,27 @@ MONITOR = "val_mean_iou"
 # DeepLabV3+ on strides 32 and 4 (keras-hub's arguments, as its presets).
 DEEPLAB = dict(
     spatial_pyramid_pooling_key="P5", upsampling_size=8,
-    dilation_rates=[6, 12, 18], low_level_feature_key="P2",
-    projection_filters=48,
+    low_level_feature_key="P2", projection_filters=48,
 )
+# DeepLab's ASPP rates and the stride-32 map side they are meant for (a
+# 1024-pixel input); `aspp_dilation_rates` scales them to the actual map.
+ASPP_RATES = (6, 12, 18)
+ASPP_REFERENCE_SIDE = 32
+
+
+def aspp_dilation_rates(image_size):
+    """The ASPP rates for a stride-32 map of `image_size // 32` pixels.
+
+    `ASPP_RATES` scaled by `side / ASPP_REFERENCE_SIDE`, rounded, at least
+    1, without repeats: (6, 12, 18) at 1024 pixels, (3, 6, 9) at 512, (1,)
+    at 64. A rate beyond the map only reads its zero padding, and
+    TensorFlow's CPU kernels for such atrous convolutions are slow (a 2x2
+    map at rates 6, 12, 18 made a training step 20x slower, measured).
+    """
+    side = image_size // 32
+    rates = (max(1, round(rate * side / ASPP_REFERENCE_SIDE))
+             for rate in ASPP_RATES)
+    return sorted(set(rates))
 
 
 def hub_backbone_class(name):
@@ -90,7 +108,7 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
         encoder.set_weights(pretrained.get_weights())
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder, image_shape=(image_size, image_size, 3),
-        **DEEPLAB)
+        dilation_rates=aspp_dilation_rates(image_size), **DEEPLAB)
     segmenter = keras_hub.models.DeepLabV3ImageSegmenter(
         backbone=backbone, num_classes=num_classes,
         name=f"deeplabv3_{encoder.name}")
