@@ -77,6 +77,20 @@ def test_center_crop_pair_at_full_size_is_the_identity():
     np.testing.assert_array_equal(out_mask.numpy(), mask.numpy())
 
 
+def test_array_source_holds_out_a_split_and_checks_its_arguments():
+    masks = np.zeros((10, 8, 8), "int32")
+    masks[:, 2:4, 2:4] = 3
+    source = sd.from_arrays(np.zeros((10, 8, 8, 3), "uint8"), masks,
+                            validation_fraction=0.2)
+    assert (source.num_classes, source.train_examples,
+            source.val_examples) == (4, 8, 2)
+    with pytest.raises(ValueError, match="Pass both `x_val` and `y_val`"):
+        sd.from_arrays(np.zeros((2, 8, 8, 3)), masks[:2],
+                       x_val=np.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="non-negative integer masks"):
+        sd.from_arrays(np.zeros((2, 8, 8, 3)), masks[:2, :4])
+
+
 def test_padded_evaluation_weights_every_pixel():
     source = _pattern_source(n=5)
     images, masks, weights = next(iter(sd.eval_dataset(

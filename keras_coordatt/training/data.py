@@ -171,11 +171,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     """
     x_train = _as_images("x_train", x_train)
     y_train = _as_labels("y_train", y_train, len(x_train))
-    if (x_val is None) != (y_val is None):
-        raise ValueError(
-            "Pass both `x_val` and `y_val` or neither. Received: "
-            f"x_val is None: {x_val is None}, y_val is None: {y_val is None}"
-        )
+    check_validation_pair(x_val, y_val)
     if x_val is None:
         train_idx, val_idx = stratified_split(
             y_train, validation_fraction, seed
@@ -185,6 +181,24 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     else:
         x_val = _as_images("x_val", x_val)
         y_val = _as_labels("y_val", y_val, len(x_val))
+    return array_source(x_train, y_train, x_val, y_val,
+                        num_classes=num_classes, name=name,
+                        class_names=class_names)
+
+
+def check_validation_pair(x_val, y_val):
+    """Raises unless `x_val` and `y_val` are both given or both None."""
+    if (x_val is None) != (y_val is None):
+        raise ValueError(
+            "Pass both `x_val` and `y_val` or neither. Received: "
+            f"x_val is None: {x_val is None}, y_val is None: {y_val is None}"
+        )
+
+
+def array_source(x_train, y_train, x_val, y_val, *, num_classes=None,
+                 name="arrays", class_names=None):
+    """An `ImageSource` over checked, split arrays (targets: labels or
+    masks); `num_classes` defaults to the largest target + 1."""
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_val.max())) + 1
 

@@ -28,7 +28,7 @@ import contextlib
 import keras
 import numpy as np
 
-_PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
+_PLATFORMS = ("cpu", "gpu", "tpu")
 # The public distributions (their base class is not exported).
 _DISTRIBUTIONS = (keras.distribution.DataParallel,
                   keras.distribution.ModelParallel)
@@ -169,7 +169,7 @@ def get_distribution_strategy(name="auto"):
         )
     try:
         devices = keras.distribution.list_devices(
-            None if name == "auto" else _PLATFORMS[name])
+            None if name == "auto" else name)
     except RuntimeError as e:  # JAX has no backend for that platform.
         devices, reason = [], str(e).splitlines()[0]
     else:

@@ -170,11 +170,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     """
     x_train = data_lib._as_images("x_train", x_train)
     y_train = _as_masks("y_train", y_train, x_train.shape)
-    if (x_val is None) != (y_val is None):
-        raise ValueError(
-            "Pass both `x_val` and `y_val` or neither. Received: "
-            f"x_val is None: {x_val is None}, y_val is None: {y_val is None}"
-        )
+    data_lib.check_validation_pair(x_val, y_val)
     if x_val is None:
         order = np.random.default_rng(seed).permutation(len(x_train))
         held = max(1, int(round(validation_fraction * len(x_train))))
@@ -184,20 +180,9 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     else:
         x_val = data_lib._as_images("x_val", x_val)
         y_val = _as_masks("y_val", y_val, x_val.shape)
-    if num_classes is None:
-        num_classes = int(max(y_train.max(), y_val.max())) + 1
-
-    def make_train(input_context=None, seed=0):
-        del seed  # The pipeline shuffles.
-        ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        return data_lib._shard(ds, input_context)
-
-    return data_lib.ImageSource(
-        name=name, num_classes=num_classes, train_examples=len(x_train),
-        val_examples=len(x_val), make_train=make_train,
-        make_val=lambda: tf.data.Dataset.from_tensor_slices((x_val, y_val)),
-        class_names=class_names,
-    )
+    return data_lib.array_source(x_train, y_train, x_val, y_val,
+                                 num_classes=num_classes, name=name,
+                                 class_names=class_names)
 
 
 def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
