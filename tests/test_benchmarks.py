@@ -368,3 +368,38 @@ def test_gpu_training_script_on_cpu(tmp_path):
     assert record["ca_over_base_time"] == pytest.approx(
         record["runs"]["base"]["images_per_second"]
         / record["runs"]["ca"]["images_per_second"])
+
+
+@pytest.mark.slow
+def test_segmentation_comparison_smoke(tmp_path):
+    """`segmentation_comparison.py --smoke` with two kinds: one epoch each
+    through train(), the parameter counts of the two segmenters, the
+    tables."""
+    out = tmp_path / "results"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks",
+                                      "segmentation_comparison.py"),
+         "--smoke", "--kinds", "none", "ca", "--output", str(out),
+         "--work-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "segmentation_comparison.json") as f:
+        result = json.load(f)
+    assert [(r["kind"], r["seed"]) for r in result["runs"]] == [
+        ("none", 0), ("ca", 0)]
+    summary = result["summary"]
+    # CA adds its blocks' weights to the encoder, nothing else changes.
+    from keras_coordatt import MobileNetV2CA
+    plain, with_ca = (MobileNetV2CA(input_shape=(64, 64, 3), alpha=0.35,
+                                    include_top=False, weights=None,
+                                    attention=kind).count_params()
+                      for kind in (None, "ca"))
+    assert summary["ca"]["parameters"] - summary["none"]["parameters"] == \
+        with_ca - plain
+    for row in summary.values():
+        assert 0.0 <= row["mean_iou"]["mean"] <= 1.0
+    assert "| ca | 4,373,662 |" in (out / "segmentation_comparison.md"
+                                    ).read_text()

@@ -491,3 +491,80 @@ def test_int8_without_quantization_module_is_a_clear_error(
                      str(out)]) == 2
     assert "requires keras_coordatt.quantization" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("variant", ["classification", "feature_vector"])
+def test_keras_hub_preset_loads_in_keras_hub(tmp_path, capsys, variant):
+    """`export --format keras-hub`: a real keras-hub preset (classifier
+    with its preprocessor, or backbone), verified by the exporter itself and
+    loaded here through keras-hub's own `from_preset`."""
+    keras_hub = pytest.importorskip("keras_hub")
+    import keras_coordatt as kc
+
+    model = kc.MobileNetV2CA(input_shape=(64, 64, 3), alpha=0.35,
+                             weights=None, classes=7)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") + (
+        1.0 if "variance" in w.path else 0.0) for w in model.weights])
+    weights = str(tmp_path / "seven.weights.h5")
+    model.save_weights(weights)
+    out = str(tmp_path / "preset")
+    status = cli.main(["--model", "mobilenetv2_ca", "--alpha", "0.35",
+                       "--weights", weights, "--format", "keras-hub",
+                       "--variant", variant, "--input-size", "64",
+                       "--classes", "7", "--output", out])
+    assert status == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verification"]["keras_hub"]["max_abs_diff"] <= \
+        summary["verification"]["tolerance"]
+    with open(os.path.join(out, "metadata.json")) as f:
+        metadata = json.load(f)
+    # keras-hub's own card fields stay; ours sit under one key.
+    assert metadata["keras_hub_version"] == keras_hub.__version__
+    assert metadata["keras_coordatt"]["variant"] == variant
+    raw = rng.uniform(0, 255, (3, 80, 80, 3)).astype("float32")
+    resized = np.asarray(keras.ops.image.resize(raw, (64, 64)))
+    if variant == "classification":
+        expected = model.predict(kc.preprocess_input(resized), verbose=0)
+        task = keras_hub.models.ImageClassifier.from_preset(out)
+        assert type(task).__name__ == "MobileNetV2CAImageClassifier"
+        # predict() resizes the raw 80x80 images to 64x64 and normalises
+        # them as preprocess_input does: the application's outputs.
+        np.testing.assert_allclose(task.predict(raw, verbose=0), expected,
+                                   atol=1e-5)
+    else:
+        backbone = keras_hub.models.Backbone.from_preset(out)
+        assert type(backbone).__name__ == "MobileNetV2CABackbone"
+        assert sorted(backbone.pyramid_outputs) == ["P1", "P2", "P3", "P4",
+                                                    "P5"]
+        trunk = keras.Model(model.inputs, model.get_layer("avg_pool").input)
+        np.testing.assert_allclose(
+            backbone.predict(kc.preprocess_input(resized), verbose=0),
+            trunk.predict(kc.preprocess_input(resized), verbose=0),
+            atol=1e-5)
+
+
+def test_copy_weights_by_name_reports_every_mismatch():
+    from keras_coordatt.utils.layer_weights import copy_weights_by_name
+
+    def net(units, names):
+        inputs = keras.Input((4,))
+        x = inputs
+        for name in names:
+            x = keras.layers.Dense(units, name=name)(x)
+        return keras.Model(inputs, x)
+
+    source = net(3, ["a", "b"])
+    same = net(3, ["a", "b"])
+    copy_weights_by_name(source, [(l, l.name) for l in same.layers])
+    for a, b in zip(source.weights, same.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = net(5, ["a", "c"])
+    before = [np.asarray(w) for w in other.weights]
+    with pytest.raises(ValueError) as error:
+        copy_weights_by_name(source, [(l, l.name) for l in other.layers])
+    assert "a: [(4, 3), (3,)] vs [(4, 5), (5,)]" in str(error.value)
+    assert "c: missing" in str(error.value)
+    # Nothing was set: the first layer's shapes differ, so all stay.
+    for a, b in zip(before, other.weights):
+        np.testing.assert_array_equal(a, np.asarray(b))

@@ -1,8 +1,10 @@
 """The README's example commands run and reach what the README states.
 
 The main job's training command is checked by
-`test_training.py::test_cli_trains_digits_to_90_percent`; this file checks
-the short-run example of the Training section.
+`test_training.py::test_cli_trains_digits_to_90_percent`, its quantize
+command (the same arguments) by `test_quantization.py::digits_models`; this
+file checks that the README shows them, and the short-run example of the
+Training section.
 """
 
 import json
@@ -18,8 +20,16 @@ SHORT_RUN = ("keras-coordatt train --model mobilenetv2_ca --alpha 0.35 "
              "--dataset digits --epochs 3")
 
 
-def test_the_readme_shows_this_command():
-    assert SHORT_RUN in open(README, encoding="utf-8").read()
+MAIN_JOB = ("keras-coordatt train --dataset digits --output-dir runs/digits "
+            "&& keras-coordatt quantize --model runs/digits/model.keras "
+            "--dataset digits --output-dir runs/digits --output "
+            "runs/digits/model_int8.tflite")
+
+
+def test_the_readme_shows_these_commands():
+    text = open(README, encoding="utf-8").read()
+    assert SHORT_RUN in text
+    assert MAIN_JOB in text
 
 
 @pytest.mark.slow

@@ -154,12 +154,12 @@ def test_cli_task_flag_and_clear_errors(capsys):
     assert train_cli.main(["--print-config", "--task", "segmentation"]) == 0
     assert '"task": "segmentation"' in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
-        train_cli.main(["--task", "detection"])
+        train_cli.main(["--task", "keypoints"])
     assert info.value.code == 2
-    assert "invalid choice: 'detection'" in capsys.readouterr().err
-    assert train_cli.main(["--set", "task=detection"]) == 2
+    assert "invalid choice: 'keypoints'" in capsys.readouterr().err
+    assert train_cli.main(["--set", "task=keypoints"]) == 2
     err = capsys.readouterr().err
-    assert "task='detection'" in err and "'segmentation'" in err
+    assert "task='keypoints'" in err and "'segmentation'" in err
     assert train_cli.main(["--task", "segmentation", "--dataset",
                            "digits"]) == 2
     err = capsys.readouterr().err

@@ -68,7 +68,8 @@ def _env():
 
 
 def test_recipes_are_plain_data_that_round_trip():
-    for name in ("paper_imagenet", "transfer", "digits", "digits_seg"):
+    for name in ("paper_imagenet", "transfer", "digits", "digits_seg",
+                 "digits_det"):
         config = get_config(name)
         data = json.loads(json.dumps(config.to_dict()))
         assert TrainConfig.from_dict(data) == config
@@ -84,7 +85,7 @@ def test_recipes_are_plain_data_that_round_trip():
     assert transfer.transfer and transfer.frozen_epochs == 3
     assert transfer.finetune_learning_rate_factor == 0.1
     assert set(RECIPES) == {"paper_imagenet", "transfer", "digits",
-                            "digits_seg"}
+                            "digits_seg", "digits_det"}
 
 
 def test_overrides_from_pairs_and_json_files(tmp_path):
@@ -1006,3 +1007,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_steps(
     assert not (output_dir / "backup").exists()
     print(f"killed at epoch {epoch + 1} step {step}; resumed run val "
           f"accuracy {_metric(output, 'accuracy'):.4f}")
+
+
+def test_train_a_given_model(tmp_path):
+    """`train(model=...)` fits that model (a builder called in the scope)
+    with the run's data, schedule and outputs; bad values are refused."""
+    x, y = _arrays(n=48, size=32)
+    source = from_arrays(x, y, validation_fraction=0.25, seed=0)
+    built = []
+
+    def small():
+        inputs = keras.Input((32, 32, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(
+            4, activation="softmax", name="given_head")(pooled))
+        built.append(model)
+        return model
+
+    config = get_config("digits", dict(
+        output_dir=str(tmp_path / "run"), epochs=2, tensorboard=False,
+        per_replica_batch_size=12, bn_recalibration_steps=0))
+    result = train(config, source=source, model=small, verbose=0)
+    assert result.model is built[0] and len(built) == 1
+    assert result.optimizer_iterations == 2 * 3  # 36 images / 12
+    assert set(result.metrics) == {"loss", "accuracy"}
+    reloaded = keras.saving.load_model(result.model_path)
+    np.testing.assert_array_equal(
+        reloaded.get_layer("given_head").get_weights()[0],
+        built[0].get_layer("given_head").get_weights()[0])
+    with pytest.raises(ValueError, match=r"Received: model=str"):
+        train(config, source=source, model="mobilenetv2_ca")
+    with pytest.raises(ValueError, match="transfer=True"):
+        train(config.replace(transfer=True, output_dir=str(tmp_path / "t")),
+              source=source, model=small)

@@ -216,12 +216,14 @@ def _obtain_input_shape(
     return input_shape
 
 
-def application_input(input_shape, input_tensor, include_top, weights):
+def application_input(input_shape, input_tensor, include_top, weights,
+                      input_layer=None):
     """Validates the input arguments and returns `(img_input, rows, cols)`.
 
     Follows keras.applications: `input_shape` and `input_tensor` must agree,
     `input_shape` defaults from `input_tensor`, the minimum size is 32x32, and
-    `include_top=True` needs a static shape.
+    `include_top=True` needs a static shape. `input_layer` makes the input
+    when there is no `input_tensor` (default `keras.layers.Input`).
     """
     data_format = keras.config.image_data_format()
     input_shape = validate_input_shape(input_shape, data_format)
@@ -258,7 +260,8 @@ def application_input(input_shape, input_tensor, include_top, weights):
     )
     rows, cols = _spatial(input_shape, data_format)
     if input_tensor is None:
-        img_input = keras.layers.Input(shape=input_shape, name="image")
+        input_layer = input_layer or keras.layers.Input
+        img_input = input_layer(shape=input_shape, name="image")
     elif not keras.backend.is_keras_tensor(input_tensor):
         img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
     else:

@@ -1,7 +1,5 @@
 """MobileNetV2 with coordinate attention (the network of `mbv2_ca.pth`)."""
 
-import keras
-
 from keras_coordatt.applications import arguments
 from keras_coordatt.applications import blocks
 from keras_coordatt.applications.imagenet import decode_predictions  # noqa: F401
@@ -21,29 +19,29 @@ STAGES = (
 PUBLISHED_ALPHAS = (1.0,)
 
 
-def _inverted_res_block(x, expansion, filters, stride, block_id, attention,
-                        reduction):
-    in_channels = blocks.channels(x)
+def _inverted_res_block(ns, x, expansion, filters, stride, block_id,
+                        attention, reduction):
+    in_channels = blocks.channels(ns, x)
     inputs = x
     if expansion == 1:
         prefix = "expanded_conv_"
     else:
         prefix = f"block_{block_id}_"
         x = blocks.conv_bn(
-            x, int(round(in_channels * expansion)), 1, 1, f"{prefix}expand",
-            f"{prefix}expand_BN", f"{prefix}expand_relu",
+            ns, x, int(round(in_channels * expansion)), 1, 1,
+            f"{prefix}expand", f"{prefix}expand_BN", f"{prefix}expand_relu",
         )
     x = blocks.conv_bn(
-        x, None, 3, stride, f"{prefix}depthwise", f"{prefix}depthwise_BN",
-        f"{prefix}depthwise_relu", depthwise=True,
+        ns, x, None, 3, stride, f"{prefix}depthwise",
+        f"{prefix}depthwise_BN", f"{prefix}depthwise_relu", depthwise=True,
     )
     if expansion != 1:
-        x = blocks.attention_block(x, attention, reduction, prefix)
+        x = blocks.attention_block(ns, x, attention, reduction, prefix)
     x = blocks.conv_bn(
-        x, filters, 1, 1, f"{prefix}project", f"{prefix}project_BN"
+        ns, x, filters, 1, 1, f"{prefix}project", f"{prefix}project_BN"
     )
     if stride == 1 and in_channels == filters:
-        x = keras.layers.Add(name=f"{prefix}add")([inputs, x])
+        x = ns.layers.Add(name=f"{prefix}add")([inputs, x])
     return x
 
 
@@ -59,6 +57,8 @@ def MobileNetV2CA(
     name=None,
     reduction=None,
     attention=True,
+    *,
+    namespace=None,
 ):
     """Instantiates MobileNetV2 with coordinate attention.
 
@@ -102,9 +102,12 @@ def MobileNetV2CA(
             and layer names), or a callable `f(channels) -> layer`. Blocks
             are named `block_{i}_{kind}`; a callable's layers keep their
             own names.
+        namespace: the library the network is built with, a
+            `blocks.Namespace`; None: Keras 3. The tfmot recipe builds the
+            same network in tf_keras with its own (`weights=None`).
 
     Returns:
-        A `keras.Model`.
+        A `keras.Model` (a model of `namespace`).
 
     Reference:
     - [Coordinate Attention for Efficient Mobile Network Design](
@@ -115,8 +118,9 @@ def MobileNetV2CA(
     kind = arguments.validate_arguments(
         weights, include_top, classes, alpha, pooling, attention
     )
+    ns = blocks.namespace_or_default(namespace, weights, input_tensor)
     img_input, rows, cols = arguments.application_input(
-        input_shape, input_tensor, include_top, weights
+        input_shape, input_tensor, include_top, weights, ns.layers.Input
     )
     if weights == "imagenet":
         if alpha not in PUBLISHED_ALPHAS:
@@ -134,7 +138,7 @@ def MobileNetV2CA(
         arguments.warn_if_unusual_size(rows, cols)
 
     x = blocks.conv_bn(
-        img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+        ns, img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
         "bn_Conv1", "Conv1_relu",
     )
     block_id = 0
@@ -142,17 +146,19 @@ def MobileNetV2CA(
         filters = blocks.make_divisible(c * alpha, 8)
         for i in range(repeats):
             x = _inverted_res_block(
-                x, expansion, filters, first_stride if i == 0 else 1,
+                ns, x, expansion, filters, first_stride if i == 0 else 1,
                 block_id, kind, reduction,
             )
             block_id += 1
     last_filters = blocks.make_divisible(1280 * alpha, 8) if alpha > 1.0 \
         else 1280
-    x = blocks.conv_bn(x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu")
+    x = blocks.conv_bn(
+        ns, x, last_filters, 1, 1, "Conv_1", "Conv_1_bn", "out_relu"
+    )
     if name is None:
         name = f"mobilenetv2_ca_{alpha:0.2f}_{rows}"
     model = blocks.finish_model(
-        img_input, input_tensor, x, name, include_top=include_top,
+        ns, img_input, input_tensor, x, name, include_top=include_top,
         pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights,
         dropout=0.1,

@@ -2,8 +2,6 @@
 
 import math
 
-import keras
-
 from keras_coordatt.applications import arguments
 from keras_coordatt.applications import blocks
 from keras_coordatt.applications.imagenet import decode_predictions  # noqa: F401
@@ -23,8 +21,8 @@ STAGES = (
 )
 
 
-def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
-                     block_id, attention, reduction):
+def _sandglass_block(ns, x, filters, stride, reduction_t,
+                     single_block_stage, block_id, attention, reduction):
     """One sandglass block; its shape depends on where it sits (see below).
 
     - first block (t == 2), single-block stride-1 stages, and blocks with
@@ -33,7 +31,7 @@ def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
     - cin != cout, stride 1: 1x1 reduce + BN, 1x1 expand + BN + ReLU6.
     - cin != cout, stride 2: the same, then dw3x3 stride 2 + BN.
     """
-    in_channels = blocks.channels(x)
+    in_channels = blocks.channels(ns, x)
     hidden = in_channels // reduction_t
     if hidden < filters / 6.0:
         hidden = blocks.make_divisible(math.ceil(filters / 6.0), 16)
@@ -42,22 +40,24 @@ def _sandglass_block(x, filters, stride, reduction_t, single_block_stage,
     inputs = x
     if full:
         x = blocks.conv_bn(
-            x, None, 3, 1, f"{prefix}dw1", f"{prefix}dw1_BN",
+            ns, x, None, 3, 1, f"{prefix}dw1", f"{prefix}dw1_BN",
             f"{prefix}dw1_relu", depthwise=True,
         )
-        x = blocks.attention_block(x, attention, reduction, prefix)
-    x = blocks.conv_bn(x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN")
+        x = blocks.attention_block(ns, x, attention, reduction, prefix)
     x = blocks.conv_bn(
-        x, filters, 1, 1, f"{prefix}expand", f"{prefix}expand_BN",
+        ns, x, hidden, 1, 1, f"{prefix}reduce", f"{prefix}reduce_BN"
+    )
+    x = blocks.conv_bn(
+        ns, x, filters, 1, 1, f"{prefix}expand", f"{prefix}expand_BN",
         f"{prefix}expand_relu",
     )
     if full or stride == 2:
         x = blocks.conv_bn(
-            x, None, 3, stride, f"{prefix}dw2", f"{prefix}dw2_BN",
+            ns, x, None, 3, stride, f"{prefix}dw2", f"{prefix}dw2_BN",
             depthwise=True,
         )
     if stride == 1 and in_channels == filters:
-        x = keras.layers.Add(name=f"{prefix}add")([inputs, x])
+        x = ns.layers.Add(name=f"{prefix}add")([inputs, x])
     return x
 
 
@@ -73,6 +73,8 @@ def MobileNeXtCA(
     name=None,
     reduction=None,
     attention=True,
+    *,
+    namespace=None,
 ):
     """Instantiates MobileNeXt with coordinate attention.
 
@@ -112,9 +114,12 @@ def MobileNeXtCA(
             and layer names), or a callable `f(channels) -> layer`. Blocks
             are named `block_{i}_{kind}`; a callable's layers keep their
             own names.
+        namespace: the library the network is built with, a
+            `blocks.Namespace`; None: Keras 3. The tfmot recipe builds the
+            same network in tf_keras with its own (`weights=None`).
 
     Returns:
-        A `keras.Model`.
+        A `keras.Model` (a model of `namespace`).
 
     Reference:
     - [Coordinate Attention for Efficient Mobile Network Design](
@@ -126,11 +131,12 @@ def MobileNeXtCA(
         weights, include_top, classes, alpha, pooling, attention,
         published=False,
     )
+    ns = blocks.namespace_or_default(namespace, weights, input_tensor)
     img_input, rows, _ = arguments.application_input(
-        input_shape, input_tensor, include_top, weights
+        input_shape, input_tensor, include_top, weights, ns.layers.Input
     )
     x = blocks.conv_bn(
-        img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
+        ns, img_input, blocks.make_divisible(32 * alpha, 8), 3, 2, "Conv1",
         "bn_Conv1", "Conv1_relu",
     )
     block_id = 0
@@ -141,14 +147,14 @@ def MobileNeXtCA(
             filters = blocks.make_divisible(c * alpha, 8)
         for i in range(repeats):
             x = _sandglass_block(
-                x, filters, first_stride if i == 0 else 1, reduction_t,
+                ns, x, filters, first_stride if i == 0 else 1, reduction_t,
                 repeats == 1, block_id, kind, reduction,
             )
             block_id += 1
     if name is None:
         name = f"mobilenext_ca_{alpha:0.2f}_{rows}"
     model = blocks.finish_model(
-        img_input, input_tensor, x, name, include_top=include_top,
+        ns, img_input, input_tensor, x, name, include_top=include_top,
         pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights,
         dropout=0.2,

@@ -8,8 +8,11 @@
 - `save_preset` / `load_preset` write and read keras-hub-style preset folders
   (local, or `kaggle://` / `hf://` through keras-hub);
 - `formats` holds one exporter per format (`export_keras`,
-  `export_saved_model`, `export_litert`, `export_onnx`) and the runtimes
-  that read each one back.
+  `export_keras_hub`, `export_saved_model`, `export_litert`, `export_onnx`)
+  and the runtimes that read each one back. `keras-hub` writes real
+  keras-hub presets (`keras_coordatt.hub`), for
+  `keras_hub.models.ImageClassifier.from_preset` and
+  `keras_hub.upload_preset`.
 
 Nothing here imports TensorFlow, ONNX or LiteRT at import time.
 """
@@ -25,6 +28,7 @@ from keras_coordatt.export.exporter import random_images
 from keras_coordatt.export.exporter import verify_artifact
 from keras_coordatt.export.formats import FORMATS
 from keras_coordatt.export.formats import export_keras
+from keras_coordatt.export.formats import export_keras_hub
 from keras_coordatt.export.formats import export_litert
 from keras_coordatt.export.formats import export_onnx
 from keras_coordatt.export.formats import export_saved_model
@@ -39,6 +43,7 @@ __all__ = [
     "VARIANTS",
     "build_model",
     "export_keras",
+    "export_keras_hub",
     "export_litert",
     "export_model",
     "export_onnx",

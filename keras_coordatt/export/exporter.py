@@ -19,6 +19,7 @@ from keras_coordatt.applications.registry import get_application
 from keras_coordatt.export import formats
 from keras_coordatt.export.preset import write_json
 from keras_coordatt.utils.atomic import atomic_directory
+from keras_coordatt.utils.layer_weights import copy_weights_by_name
 
 # The registered application names (`applications.registry`).
 MODELS = application_names()
@@ -99,12 +100,18 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
                 f"Representative dataset not found: {representative!r}"
             )
         formats._quantization_module()
+    if export_format == "keras-hub":
+        _require_keras_hub()
 
 
-def _copy_weights_by_name(source, target):
-    for layer in target.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+def _require_keras_hub():
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "The keras-hub format needs keras-hub: pip install "
+            "'keras-coordatt[hub]'. Received: format='keras-hub'"
+        ) from None
 
 
 def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
@@ -156,7 +163,8 @@ def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
         except ValueError:
             raise notop_error from None
         model = constructor(weights=None, **kwargs)
-        _copy_weights_by_name(full, model)
+        copy_weights_by_name(full, [(layer, layer.name)
+                                    for layer in model.layers])
         return model, kwargs
 
 
@@ -282,6 +290,10 @@ def run_artifact(export_format, path, images):
     """Runs an exported artifact (folder) on `images`; dict of outputs."""
     if export_format == "keras":
         return {"preset": formats.predict_preset(path, images)}
+    if export_format == "keras-hub":
+        from keras_coordatt.hub.from_application import predict_hub_preset
+
+        return {"keras_hub": predict_hub_preset(path, images)}
     if export_format == "saved_model":
         return {
             "serve": formats.predict_saved_model(path, images),
@@ -460,7 +472,8 @@ def export_model(output, export_format, model_name="mobilenetv2_ca",
 
     Args:
         output: the folder to produce (must not exist unless `overwrite`).
-        export_format: `"keras"` (preset folder), `"saved_model"`,
+        export_format: `"keras"` (preset folder), `"keras-hub"` (keras-hub
+            preset of the `keras_coordatt.hub` twin), `"saved_model"`,
             `"litert"` or `"onnx"`.
         model_name: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
         alpha: width multiplier.
@@ -512,6 +525,9 @@ def export_model(output, export_format, model_name="mobilenetv2_ca",
             metadata["files"] = {}
             formats.export_keras(model, tmp, metadata)
             metadata = _read_json(os.path.join(tmp, "metadata.json"))
+        elif export_format == "keras-hub":
+            hub_metadata = formats.export_keras_hub(
+                model, tmp, model_name, model_kwargs["alpha"])
         elif export_format == "saved_model":
             metadata["saved_model"] = formats.export_saved_model(
                 model, tmp, output_name=output_name)
@@ -533,7 +549,11 @@ def export_model(output, export_format, model_name="mobilenetv2_ca",
             metadata["verification"] = verify_artifact(
                 model, export_format, tmp, variant, num_verify_images,
                 tolerance="auto")
-        write_json(os.path.join(tmp, "metadata.json"), metadata)
+        # keras-hub's own metadata.json (versions, tasks) stays as it wrote
+        # it, for the hubs that show it; ours goes under one key.
+        write_json(os.path.join(tmp, "metadata.json"), metadata if
+                   export_format != "keras-hub" else
+                   dict(hub_metadata, keras_coordatt=metadata))
     return metadata
 
 

@@ -6,8 +6,14 @@ given. `keras_coordatt.export.export_model` wraps them with argument checks,
 metadata, verification and an atomic output directory.
 
 Formats:
-- `keras`: a keras-hub-style preset folder (`export_keras`, see
-  `keras_coordatt.export.preset`).
+- `keras`: a keras-hub-style preset folder of the Keras model
+  (`export_keras`, see `keras_coordatt.export.preset`), loaded back with
+  `keras_coordatt.export.load_preset`.
+- `keras-hub`: a keras-hub preset of the model's keras-hub twin
+  (`keras_coordatt.hub`: an `ImageClassifier` with its preprocessor, or a
+  `Backbone`), written by keras-hub's `save_to_preset`: it loads with
+  `keras_hub.models.ImageClassifier.from_preset` and uploads with
+  `keras_hub.upload_preset("hf://USER/NAME", folder)` (or `kaggle://`).
 - `saved_model`: a TF SavedModel written by `keras.export.ExportArchive`
   with a `serve` endpoint (tensor in, tensor out: what
   `keras.layers.TFSMLayer` calls) and a `serving_default` signature (named
@@ -29,7 +35,7 @@ import numpy as np
 
 from keras_coordatt.backend import require_tensorflow
 
-FORMATS = ("keras", "saved_model", "litert", "onnx")
+FORMATS = ("keras", "keras-hub", "saved_model", "litert", "onnx")
 # Ops that betray unfrozen variables in a TFLite model.
 VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
 SAVED_MODEL_ENDPOINT = "serve"
@@ -70,6 +76,21 @@ def export_keras(model, directory, metadata=None):
     from keras_coordatt.export.preset import save_preset
 
     return save_preset(model, directory, metadata=metadata)
+
+
+def export_keras_hub(model, directory, model_name, alpha):
+    """Writes the keras-hub twin of an application model (see
+    `keras_coordatt.hub.from_application.hub_model`) into `directory` with
+    keras-hub's `save_to_preset`; returns keras-hub's metadata.json."""
+    import json
+
+    from keras_coordatt.hub.from_application import hub_model
+
+    hub_model(model, model_name, alpha=alpha).save_to_preset(
+        os.fspath(directory))
+    with open(os.path.join(directory, "metadata.json"),
+              encoding="utf-8") as f:
+        return json.load(f)
 
 
 def export_saved_model(model, directory, input_name="image",

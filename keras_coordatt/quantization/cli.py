@@ -1,187 +1,170 @@
 """`keras-coordatt quantize`: QAT fine-tuning and int8 TFLite, with a report.
 
-Example (the offline digits demo, from scratch):
-
+    # The README's main job: the digits model of `keras-coordatt train`.
+    keras-coordatt quantize --model runs/digits/model.keras --dataset digits \\
+        --qat-epochs 2 --output runs/digits/model_int8.tflite
+    # From scratch: 12 float epochs first (the digits recipe), then QAT.
     keras-coordatt quantize --model mobilenetv2_ca --alpha 0.35 \\
-        --weights none --float-epochs 8 --dataset digits --image-size 32 \\
-        --qat-epochs 2 --output model_int8.tflite
+        --dataset digits --epochs 12 --output model_int8.tflite
 
-It builds (or loads) the float model, converts it to float TFLite and to
-post-training int8 TFLite (the baseline), fine-tunes the QAT twin for
-`--qat-epochs` epochs with `model.fit`, converts that to int8 TFLite, and
-prints the held-out accuracy of each `.tflite` (LiteRT interpreter), the
-file sizes, the Keras-vs-TFLite agreement of the QAT model and the int8 op
-check.
+The data and the training are `keras-coordatt train`'s: the same
+`--dataset` forms (digits, npz:PATH, folder:PATH, tfds:NAME), recipes,
+`--set KEY=VALUE` and flags. `--epochs N` first trains the float model with
+`train()`; the QAT twin (`quantize_model`, calibrated on training images)
+is then fine-tuned by `train()` too, for `--qat-epochs` epochs at
+`--qat-learning-rate-factor` times the recipe's learning rate, in its own run
+folder. The float model is converted to float TFLite and to post-training
+int8 TFLite (the baseline), the QAT twin to int8 TFLite; the report gives
+the validation accuracy of each `.tflite` (LiteRT interpreter), the file
+sizes, the Keras-vs-TFLite agreement of the QAT model and the int8 op check.
 """
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
+from keras_coordatt.training.cli import add_config_arguments
+
+# Not recipe settings for a QAT fine-tune: the twin has no BatchNorm to
+# recalibrate, starts from trained weights (no warm-up), and trains in
+# float32 (its fake-quantization is the precision it learns).
+_QAT_SETTINGS = dict(warmup_fraction=0.0, bn_recalibration_steps=0,
+                     mixed_precision="float32", weights=None)
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="keras-coordatt quantize",
-        description="Quantization-aware fine-tuning and int8 TFLite export.",
+        description="Quantization-aware fine-tuning and int8 TFLite export, "
+        "on keras-coordatt train's data and training.",
     )
-    p.add_argument("--model", default="mobilenetv2_ca",
-                   help="a registered application (mobilenetv2_ca, "
-                        "mobilenext_ca) or a .keras file of a trained float "
-                        "model")
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--weights", default="imagenet",
-                   help="'imagenet', 'none', or a weights file (.weights.h5,"
-                        " .keras, .pth); ignored when --model is a .keras "
-                        "file")
-    p.add_argument("--dataset", default="digits",
-                   help="'digits' (scikit-learn, offline) or an .npz file "
-                        "with x_train, y_train, x_test, y_test (RGB images "
-                        "in [0, 255], integer labels)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--float-epochs", type=int, default=0,
-                   help="epochs of float training before quantizing (for a "
-                        "model without trained weights)")
-    p.add_argument("--qat-epochs", type=int, default=3)
-    p.add_argument("--augment-copies", type=int, default=2,
-                   help="shifted copies of the training images appended "
-                        "for the fits (0: none)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=3e-3,
-                   help="peak Adam learning rate of float training")
-    p.add_argument("--qat-learning-rate", type=float, default=1e-4)
-    p.add_argument("--ptq-samples", type=int, default=200)
+    add_config_arguments(p, model_files=True)
+    p.set_defaults(task="classification")
+    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-learning-rate-factor", type=float, default=0.1,
+                   help="QAT learning rate over the recipe's (default 0.1)")
+    p.add_argument("--ptq-samples", type=int, default=200,
+                   help="calibration images of the post-training baseline")
     p.add_argument("--int8-io", action="store_true",
                    help="int8 model input and output (default float I/O)")
     p.add_argument("--output", default="model_int8.tflite",
                    help="path of the QAT int8 .tflite")
     p.add_argument("--ptq-output", default=None)
     p.add_argument("--float-output", default=None)
-    p.add_argument("--save-qat", default=None,
-                   help="optional .keras path for the fine-tuned QAT model")
     p.add_argument("--json", default=None,
                    help="optional path for the results as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                   help="fit's verbosity: 0 silent, 1 bars, 2 a line/epoch")
     return p
 
 
-def _load_data(name, image_size, seed):
-    if name == "digits":
-        from keras_coordatt.quantization.data import load_digits
+def _configs(args):
+    """The run's `TrainConfig`, the float `.keras` file given as `--model`
+    (else None) and the float epochs."""
+    from keras_coordatt.training.cli import resolve_config
 
-        return load_digits(image_size, seed=seed)
-    if name.endswith(".npz") and os.path.isfile(name):
-        from keras_coordatt.applications import preprocess_input
+    model_file = None
+    if args.model and args.model.endswith(".keras"):
+        model_file, args.model = args.model, None
+    epochs, args.epochs = args.epochs or 0, None
+    return resolve_config(args), model_file, epochs
 
-        data = np.load(name)
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(data)
-        if missing:
-            raise ValueError(
-                f"--dataset {name!r} lacks arrays {sorted(missing)}; "
-                "expected x_train, y_train, x_test, y_test."
-            )
-        prep = lambda x: np.asarray(
-            preprocess_input(x.astype("float32")), "float32"
-        )
-        return (prep(data["x_train"]), data["y_train"].astype("int32")), (
-            prep(data["x_test"]), data["y_test"].astype("int32")
-        )
-    raise ValueError(
-        "--dataset must be 'digits' or an existing .npz file. "
-        f"Received: {name!r}"
+
+def _qat_config(config, args):
+    from keras_coordatt.training.fit import default_output_dir
+
+    return config.replace(
+        epochs=args.qat_epochs, transfer=False, frozen_epochs=0,
+        base_learning_rate=config.base_learning_rate
+        * args.qat_learning_rate_factor,
+        output_dir=(config.output_dir or default_output_dir(config))
+        + "-qat",
+        **_QAT_SETTINGS,
     )
 
 
-def _build_model(args, classes):
+def _float_model(config, model_file, epochs, source, verbose):
+    """The float model: `--model FILE.keras` or the registered network,
+    trained first by `train()` when `--epochs` is given."""
     import keras
 
-    if args.model.endswith(".keras"):
-        return keras.models.load_model(args.model)
-    from keras_coordatt.applications.registry import get_application
+    from keras_coordatt.training.fit import train
+    from keras_coordatt.training.models import build_model
 
-    cls = get_application(args.model)
-    shape = (args.image_size, args.image_size, 3)
-    weights = None if args.weights.lower() == "none" else args.weights
-    if weights is None:
-        return cls(shape, alpha=args.alpha, weights=None, classes=classes)
-    # Pretrained backbone, new classifier for this dataset's classes.
-    base = cls(shape, alpha=args.alpha, weights=weights, include_top=False,
-               pooling="avg")
-    x = keras.layers.Dropout(0.2, name="dropout")(base.output)
-    out = keras.layers.Dense(classes, activation="softmax",
-                             name="predictions")(x)
-    return keras.Model(base.input, out, name=base.name)
-
-
-def _fit(model, x, y, epochs, batch_size, learning_rate, schedule):
-    import keras
-
-    steps = epochs * (-(-len(x) // batch_size))
-    lr = keras.optimizers.schedules.CosineDecay(learning_rate, steps) \
-        if schedule else learning_rate
-    model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=2)
+    model = None
+    if model_file:
+        model = keras.saving.load_model(model_file)
+    if epochs:
+        return train(config.replace(epochs=epochs), source=source,
+                     model=model, verbose=verbose).model
+    if model is None:
+        model, _ = build_model(
+            config.model, source.num_classes, image_size=config.image_size,
+            alpha=config.alpha, weights=config.weights,
+            reduction=config.reduction, attention=config.attention,
+        )
+    return model
 
 
 def run(args):
     """Runs the quantize pipeline; returns the results dict."""
-    import keras
+    from keras_coordatt import quantization as q
+    from keras_coordatt.training.fit import input_pipelines
+    from keras_coordatt.training.fit import load_config_source
+    from keras_coordatt.training.fit import train
 
+    config, model_file, epochs = _configs(args)
+    source = load_config_source(config)
+    model = _float_model(config, model_file, epochs, source, args.verbose)
+    train_data, val_data = input_pipelines(
+        config, source, config.per_replica_batch_size)
+
+    def twin():
+        return q.quantize_model(model, calibration_data=train_data,
+                                calibration_steps=4)
+
+    if args.qat_epochs:
+        qat = train(_qat_config(config, args), source=source, model=twin,
+                    verbose=args.verbose).model
+    else:
+        qat = twin()
+    blobs = {
+        "float": q.convert_float(model, path=args.float_output),
+        "ptq_int8": q.convert_ptq(model, train_data,
+                                  num_samples=args.ptq_samples,
+                                  int8_io=args.int8_io, path=args.ptq_output),
+        "qat_int8": q.convert_qat(qat, int8_io=args.int8_io,
+                                  path=args.output),
+    }
+    return _report(blobs, qat, val_data, args.int8_io)
+
+
+def _report(blobs, qat, val_data, int8_io):
+    """Accuracy and size of each `.tflite` on the validation data; the QAT
+    Keras model's accuracy and agreement with its int8 file; op check."""
     from keras_coordatt import quantization as q
 
-    keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = _load_data(
-        args.dataset, args.image_size, args.seed
-    )
-    classes = int(max(y_train.max(), y_test.max())) + 1
-    model = _build_model(args, classes)
-    x_fit, y_fit = x_train, y_train
-    if args.augment_copies and (args.float_epochs or args.qat_epochs):
-        from keras_coordatt.quantization.data import shift_augment
-
-        x_fit, y_fit = shift_augment(
-            x_train, y_train, copies=args.augment_copies,
-            max_shift=max(1, args.image_size // 8), seed=args.seed,
-        )
-    if args.float_epochs:
-        _fit(model, x_fit, y_fit, args.float_epochs, args.batch_size,
-             args.learning_rate, schedule=True)
-    test = (x_test, y_test)
-    float_tfl = q.convert_float(model, path=args.float_output)
-    ptq_tfl = q.convert_ptq(model, x_train, num_samples=args.ptq_samples,
-                            int8_io=args.int8_io, path=args.ptq_output)
-    qat = q.quantize_model(model, calibration_data=x_train[:256],
-                           calibration_steps=4)
-    if args.qat_epochs:
-        _fit(qat, x_fit, y_fit, args.qat_epochs, args.batch_size,
-             args.qat_learning_rate, schedule=False)
-    if args.save_qat:
-        qat.save(args.save_qat)
-    qat_tfl = q.convert_qat(qat, int8_io=args.int8_io, path=args.output)
-    report = q.check_int8(qat_tfl, int8_io=args.int8_io)
-    results = {"num_test": int(len(x_test))}
-    for name, blob in (("float", float_tfl), ("ptq_int8", ptq_tfl),
-                       ("qat_int8", qat_tfl)):
-        evaluation = q.evaluate_tflite(blob, test)
+    labels = np.concatenate([np.asarray(y) for _, y, *_ in val_data])
+    results = {"num_test": int(len(labels))}
+    evaluations = {name: q.evaluate_tflite(blob, val_data)
+                   for name, blob in blobs.items()}
+    for name, evaluation in evaluations.items():
         results[name] = {"accuracy": evaluation["accuracy"],
-                         "size_bytes": len(blob)}
-        if name == "qat_int8":
-            keras_pred = qat.predict(x_test, verbose=0).argmax(-1)
-            results["qat_keras_accuracy"] = float(
-                np.mean(keras_pred == y_test)
-            )
-            results["qat_keras_tflite_agreement"] = float(
-                np.mean(keras_pred == evaluation["predictions"])
-            )
+                         "size_bytes": len(blobs[name])}
+    keras_pred = qat.predict(val_data, verbose=0).argmax(-1)
+    results["qat_keras_accuracy"] = float(np.mean(keras_pred == labels))
+    results["qat_keras_tflite_agreement"] = float(
+        np.mean(keras_pred == evaluations["qat_int8"]["predictions"]))
+    report = q.check_int8(blobs["qat_int8"], int8_io=int8_io)
     results["qat_int8"]["op_counts"] = report["op_counts"]
     results["qat_int8"]["tensor_types"] = report["tensor_types"]
     return results
 
 
 def _print(results, args):
-    print(f"\nHeld-out images: {results['num_test']} (LiteRT interpreter)")
+    print(f"\nValidation images: {results['num_test']} (LiteRT interpreter)")
     print(f"{'model':<10} {'top-1':>8} {'size':>10}")
     for name in ("float", "ptq_int8", "qat_int8"):
         r = results[name]
@@ -197,22 +180,32 @@ def _print(results, args):
 
 
 def main(argv=None):
-    """Entry point of `keras-coordatt quantize`; returns the exit status."""
+    """Entry point of `keras-coordatt quantize`; returns the exit status
+    (2 for bad input, 1 when training fails)."""
+    from keras_coordatt.training.fit import TrainingError
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    for flag in ("qat_epochs", "float_epochs", "augment_copies"):
-        if getattr(args, flag) < 0:
+    for flag in ("qat_epochs", "ptq_samples"):
+        value = getattr(args, flag)
+        if value < (0 if flag == "qat_epochs" else 1):
             print(f"keras-coordatt quantize: --{flag.replace('_', '-')} must "
-                  f"be >= 0. Received: {getattr(args, flag)}",
-                  file=sys.stderr)
+                  f"be >= {0 if flag == 'qat_epochs' else 1}. "
+                  f"Received: {value}", file=sys.stderr)
             return 2
     try:
         results = run(args)
-    except ValueError as error:
+    except TrainingError as error:
         print(f"keras-coordatt quantize: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:
+        print(f"keras-coordatt quantize: {error}", file=sys.stderr)
+        return 2
     _print(results, args)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        from keras_coordatt.utils.atomic import atomic_file
+
+        with atomic_file(args.json) as tmp, open(tmp, "w",
+                                                 encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     return 0
 

@@ -1,18 +1,21 @@
-"""The Keras 3 side of the tfmot recipe: export a model, run tf_keras apart.
+"""The Keras 3 side of the tfmot recipe: what travels to the tf_keras process.
 
 TensorFlow Model Optimization (tfmot 0.8) quantizes tf_keras (Keras 2)
-models only, and importing it sets `TF_USE_LEGACY_KERAS=1` in the process
-environment. A Keras 3 model and tf_keras cannot share a process, so the
-recipe is split in two:
+models only, no library turns a Keras 3 model into a tf_keras one, and
+importing tfmot sets `TF_USE_LEGACY_KERAS=1` for the whole process. So the
+recipe builds the network a second time, in tf_keras, in a subprocess:
 
-1. `export_tf_keras_description(model, directory)` (here, Keras 3) writes
-   the functional graph as plain data: `description.json` (layers, their
-   arguments and inbound layers) and `weights.npz` (numpy arrays);
-2. `keras_coordatt.quantization.tfmot_recipe` (tf_keras + tfmot, run as
-   `python -m keras_coordatt.quantization.tfmot_recipe`) rebuilds the same
-   network in tf_keras from that description, applies tfmot QAT with custom
-   QuantizeConfigs for the coordinate attention ops, fine-tunes it with
-   `fit` and converts it to a full-int8 TFLite model.
+1. here, `application_arguments(model)` finds the registered constructor
+   call (`MobileNetV2CA(...)`, `MobileNeXtCA(...)`) that builds `model`'s
+   network, checked layer by layer against a fresh build, and
+   `export_for_tf_keras` writes it to a folder: `application.json` (the
+   constructor's name and keyword arguments) and `weights.npz` (the arrays,
+   keyed `layer/weight`);
+2. `keras_coordatt.quantization.tfmot_recipe`, run as
+   `python -m keras_coordatt.quantization.tfmot_recipe`, calls that
+   constructor with tf_keras's layer namespace, so the same stage tables and
+   block functions build the same layers under the same names, copies the
+   arrays in by name, and runs tfmot QAT and the int8 conversion.
 
 `tfmot_quantize` and `tf_keras_float_outputs` run step 2 in a subprocess,
 so a Keras 3 user calls plain functions and their own process never imports
@@ -30,282 +33,204 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_coordatt.layers import CoordinateAttention
+from keras_coordatt.applications.registry import application_names
+from keras_coordatt.applications.registry import get_application
+from keras_coordatt.layers.registry import ATTENTIONS
 from keras_coordatt.quantization.qat import check_functional
 
-FORMAT = "keras_coordatt.tf_keras_description"
-FORMAT_VERSION = 1
-DESCRIPTION_FILE = "description.json"
+APPLICATION_FILE = "application.json"
 WEIGHTS_FILE = "weights.npz"
+# The attention kinds the tf_keras network has a layer for.
+TF_KERAS_ATTENTIONS = ("ca",)
 INSTALL_HINT = 'pip install "keras-coordatt[tfmot]"'
 _EXTRA_MODULES = ("tensorflow_model_optimization", "tf_keras")
-
-# Activations the tf_keras rebuild supports inside Conv2D/Dense/Activation
-# (names as Keras 3 serializes them); tfmot quantizes these.
-_ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "softmax", "tanh",
-                "hard_silu")
-
-
-def _name(activation):
-    name = keras.activations.serialize(activation)
-    if isinstance(name, dict):
-        name = name.get("config", name)
-    return "hard_silu" if name == "hard_swish" else name
+# Builds per constructor while searching alpha: 1.0, then the ratios of the
+# widest convolutions (the first ratio fits the usual widths).
+_MAX_BUILDS = 4
+# Two networks of one constructor at different widths differ in a few
+# residual Adds at most; two constructors share far fewer layer names.
+_SAME_LAYOUT = 0.9
 
 
-def _activation(layer, allowed=_ACTIVATIONS):
-    name = _name(layer.activation)
-    if name not in allowed:
-        raise ValueError(
-            f"Layer {layer.name!r}: activation {name!r} has no tf_keras "
-            f"rebuild here. Accepted: {', '.join(allowed)}."
-        )
-    return name
-
-
-def _channels_last(layer):
-    fmt = getattr(layer, "data_format", "channels_last")
-    if fmt != "channels_last":
-        raise ValueError(
-            "The tfmot recipe supports channels_last models only (TFLite's "
-            f"layout). Received: layer {layer.name!r} with data_format="
-            f"{fmt!r}"
-        )
-
-
-def _np(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype="float32")
-
-
-def _conv_weights(layer):
-    weights = {"kernel": _np(layer.kernel)}
-    if layer.use_bias:
-        weights["bias"] = _np(layer.bias)
-    return weights
-
-
-def _bn_weights(layer):
-    weights = {"moving_mean": _np(layer.moving_mean),
-               "moving_variance": _np(layer.moving_variance)}
-    if layer.scale:
-        weights["gamma"] = _np(layer.gamma)
-    if layer.center:
-        weights["beta"] = _np(layer.beta)
-    return weights
-
-
-def _bn_config(layer):
-    axis = layer.axis
-    if isinstance(axis, (list, tuple)):
-        axis = list(axis)
-        if len(axis) != 1:
+def _read_arguments(model):
+    """The constructor arguments a model shows directly (all but alpha)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
             raise ValueError(
-                f"Layer {layer.name!r}: BatchNormalization over several axes "
-                f"is not supported. Received: axis={layer.axis}"
+                "The tfmot recipe rebuilds the networks of the registered "
+                "constructors, whose layers sit at the top level. Received: "
+                f"a model with the nested model {layer.name!r} (a backbone "
+                "under a new head, as build_model(transfer=True) makes)"
             )
-        axis = axis[0]
-    if axis not in (-1, 3):
-        raise ValueError(
-            f"Layer {layer.name!r}: BatchNormalization must normalize the "
-            f"channels (last axis). Received: axis={layer.axis}"
-        )
-    return {"axis": -1, "momentum": float(layer.momentum),
-            "epsilon": float(layer.epsilon), "center": bool(layer.center),
-            "scale": bool(layer.scale)}
-
-
-def _check_plain_conv(layer):
-    _channels_last(layer)
-    if tuple(layer.dilation_rate) not in ((1, 1),) or getattr(
-        layer, "groups", 1
-    ) != 1:
-        raise ValueError(
-            f"Layer {layer.name!r}: dilated or grouped convolutions are not "
-            f"supported. Received: dilation_rate={layer.dilation_rate}, "
-            f"groups={getattr(layer, 'groups', 1)}"
-        )
-
-
-def _describe_layer(layer):
-    """`(class_name, config, weights)` of one layer for the tf_keras side."""
-    cls = type(layer)
-    L = keras.layers
-    if isinstance(layer, CoordinateAttention):
-        _channels_last(layer)
-        if _name(layer.activation) != "hard_silu":
+        data_format = getattr(layer, "data_format", "channels_last")
+        if data_format != "channels_last":
             raise ValueError(
-                f"Layer {layer.name!r}: the tfmot recipe rebuilds "
-                "CoordinateAttention with its default hard_swish activation "
-                f"only. Received: activation={_name(layer.activation)!r}"
+                "The tfmot recipe supports channels_last models only "
+                f"(TFLite's layout). Received: layer {layer.name!r} with "
+                f"data_format={data_format!r}"
             )
-        weights = {}
-        for part in ("conv", "conv_h", "conv_w"):
-            for key, value in _conv_weights(getattr(layer, part)).items():
-                weights[f"{part}/{key}"] = value
-        for key, value in _bn_weights(layer.bn).items():
-            weights[f"bn/{key}"] = value
-        config = {"channels": layer.channels,
-                  "hidden_channels": layer.hidden_channels,
-                  "bn": _bn_config(layer.bn)}
-        return "CoordinateAttention", config, weights
-    if cls is L.Conv2D:
-        _check_plain_conv(layer)
-        return "Conv2D", {
-            "filters": layer.filters,
-            "kernel_size": list(layer.kernel_size),
-            "strides": list(layer.strides), "padding": layer.padding,
-            "use_bias": bool(layer.use_bias),
-            "activation": _activation(layer, ("linear", "relu", "sigmoid")),
-        }, _conv_weights(layer)
-    if cls is L.DepthwiseConv2D:
-        _check_plain_conv(layer)
-        return "DepthwiseConv2D", {
-            "kernel_size": list(layer.kernel_size),
-            "strides": list(layer.strides), "padding": layer.padding,
-            "depth_multiplier": layer.depth_multiplier,
-            "use_bias": bool(layer.use_bias),
-            "activation": _activation(layer, ("linear", "relu")),
-        }, _conv_weights(layer)
-    if cls is L.BatchNormalization:
-        return "BatchNormalization", _bn_config(layer), _bn_weights(layer)
-    if cls is L.Dense:
-        return "Dense", {
-            "units": layer.units, "use_bias": bool(layer.use_bias),
-            "activation": _activation(layer, ("linear", "relu", "softmax",
-                                              "sigmoid")),
-        }, _conv_weights(layer)
-    if cls is L.ReLU:
-        max_value = layer.max_value
-        return "ReLU", {
-            "max_value": None if max_value is None else float(max_value),
-            "negative_slope": float(layer.negative_slope),
-            "threshold": float(layer.threshold),
-        }, {}
-    if cls is L.Activation:
-        return "Activation", {"activation": _activation(layer)}, {}
-    if cls is L.ZeroPadding2D:
-        _channels_last(layer)
-        return "ZeroPadding2D", {
-            "padding": [list(p) for p in layer.padding]
-        }, {}
-    if cls in (L.Add, L.Multiply):
-        return cls.__name__, {}, {}
-    if cls is L.Concatenate:
-        return "Concatenate", {"axis": int(layer.axis)}, {}
-    if cls in (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D):
-        _channels_last(layer)
-        return cls.__name__, {"keepdims": bool(layer.keepdims)}, {}
-    if cls in (L.AveragePooling2D, L.MaxPooling2D):
-        _channels_last(layer)
-        return cls.__name__, {
-            "pool_size": list(layer.pool_size),
-            "strides": list(layer.strides), "padding": layer.padding,
-        }, {}
-    if cls is L.Dropout:
-        return "Dropout", {"rate": float(layer.rate)}, {}
-    if cls is L.Flatten:
-        return "Flatten", {}, {}
-    if cls is L.Reshape:
-        return "Reshape", {"target_shape": list(layer.target_shape)}, {}
+    layers = {layer.name: layer for layer in model.layers}
+    arguments = {"input_shape": tuple(model.inputs[0].shape[1:]),
+                 "name": model.name}
+    top = layers.get("predictions")
+    if isinstance(top, keras.layers.Dense):
+        arguments.update(include_top=True, classes=int(top.units),
+                         classifier_activation=keras.activations.serialize(
+                             top.activation))
+    else:
+        arguments.update(include_top=False, pooling=(
+            "avg" if "avg_pool" in layers
+            else "max" if "max_pool" in layers else None))
+    found = [(kind, layer) for layer in model.layers
+             for kind, cls in ATTENTIONS.items() if type(layer) is cls]
+    kind = found[0][0] if found else None
+    if kind not in (None, *TF_KERAS_ATTENTIONS):
+        raise ValueError(
+            "The tfmot recipe has tf_keras layers for coordinate attention "
+            f"only. Received: a model with attention {kind!r}; accepted: "
+            f"{', '.join(map(repr, TF_KERAS_ATTENTIONS))} or none"
+        )
+    arguments["attention"] = kind
+    arguments["reduction"] = found[0][1].reduction if found else None
+    return arguments
+
+
+def _layer_configs(model):
+    """Each layer's serialized config and inbound layers, JSON-normalised
+    (tuples as lists, as a `.keras` file gives them back), without the
+    `trainable` flags that training changes."""
+    layers = json.loads(json.dumps(model.get_config()["layers"]))
+    for entry in layers:
+        entry["config"].pop("trainable", None)
+    return layers
+
+
+def _difference(model, candidate):
+    """None when both functional models are one network, else the first
+    difference in words."""
+    ours, theirs = _layer_configs(model), _layer_configs(candidate)
+    for mine, built in zip(ours, theirs):
+        if mine["name"] != built["name"]:
+            return f"layer {mine['name']!r} where it builds {built['name']!r}"
+        if mine != built:
+            keys = [key for key in sorted(set(mine["config"])
+                                          | set(built["config"]))
+                    if mine["config"].get(key) != built["config"].get(key)]
+            return (f"layer {mine['name']!r} differs in "
+                    f"{', '.join(keys) or 'its inputs'}")
+    if len(ours) != len(theirs):
+        return f"{len(ours)} layers where it builds {len(theirs)}"
+    return None
+
+
+def _alpha_candidates(model, reference):
+    """Widths to try: each convolution's filters over its filters at alpha
+    1 (`reference`), widest first; none when `reference` shares too few
+    layer names with `model` to be its constructor's."""
+    names = {layer.name for layer in reference.layers}
+    if np.mean([layer.name in names for layer in model.layers]) \
+            < _SAME_LAYOUT:
+        return []
+    ours = {layer.name: layer.filters for layer in model.layers
+            if type(layer) is keras.layers.Conv2D}
+    pairs = sorted((layer.filters, ours[layer.name])
+                   for layer in reference.layers
+                   if type(layer) is keras.layers.Conv2D
+                   and layer.name in ours)
+    return list(dict.fromkeys(own / ref for ref, own in reversed(pairs)))
+
+
+def application_arguments(model):
+    """The registered constructor call that builds `model`'s network.
+
+    Reads the arguments the layers show (input shape, top or pooling,
+    classes, classifier activation, attention kind, reduction), tries the
+    width multiplier 1.0 and then the ratios of the model's widest
+    convolutions to their width at 1.0, and accepts a call only when it
+    builds the same layers with the same configurations and connections
+    (`trainable` flags aside).
+
+    Args:
+        model: a functional Keras 3 model, e.g. from `MobileNetV2CA` or
+            `MobileNeXtCA`, or such a model loaded from a `.keras` file.
+
+    Returns:
+        `(name, kwargs)`: the registered name (`applications.registry`) and
+        JSON-serializable keyword arguments (without `weights`).
+
+    Raises:
+        ValueError: no registered constructor builds this network, or it
+            holds a layer the tf_keras network has no twin for; the message
+            says what differs.
+    """
+    check_functional(model)
+    arguments = _read_arguments(model)
+    differences = []
+    for name in application_names():
+        alphas, tried = [1.0], []
+        while alphas and len(tried) < _MAX_BUILDS:
+            alpha = alphas.pop(0)
+            if alpha in tried:
+                continue
+            tried.append(alpha)
+            try:
+                candidate = get_application(name)(
+                    weights=None, alpha=alpha, **arguments)
+            except ValueError as error:
+                differences.append(f"{name}: {error}")
+                break
+            difference = _difference(model, candidate)
+            if difference is None:
+                arguments["input_shape"] = list(arguments["input_shape"])
+                return name, {**arguments, "alpha": alpha}
+            differences.append(f"{name}(alpha={alpha:g}): {difference}")
+            if len(tried) == 1:
+                alphas += _alpha_candidates(model, candidate)
     raise ValueError(
-        f"The tfmot recipe cannot rebuild layer {layer.name!r} of type "
-        f"{cls.__name__} in tf_keras. Accepted: {', '.join(SUPPORTED_LAYERS)}."
+        "The tfmot recipe rebuilds networks of the registered constructors "
+        f"({', '.join(application_names())}) in tf_keras. Received: a "
+        f"model {model.name!r} that none of them builds: "
+        + "; ".join(differences)
     )
 
 
-SUPPORTED_LAYERS = (
-    "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "Dense",
-    "ReLU", "Activation", "ZeroPadding2D", "Add", "Multiply", "Concatenate",
-    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AveragePooling2D",
-    "MaxPooling2D", "Dropout", "Flatten", "Reshape", "CoordinateAttention",
-)
+def weight_arrays(model):
+    """The model's weights as float32 arrays keyed `layer/weight`.
+
+    The weights of a sublayer `s` of layer `l` (a coordinate attention
+    block's convolutions and BatchNorm) go under `l_s/weight`: the name the
+    tf_keras network gives that sublayer.
+    """
+    arrays = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            *scopes, weight = variable.path.split("/")
+            inner = scopes[scopes.index(layer.name) + 1:]
+            key = "_".join([layer.name, *inner]) + "/" + weight
+            arrays[key] = np.asarray(keras.ops.convert_to_numpy(variable),
+                                     dtype="float32")
+    return arrays
 
 
-def _graph_nodes(model):
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        yield from model._nodes_by_depth[depth]
+def export_for_tf_keras(model, directory):
+    """Writes `application.json` and `weights.npz` of `model` to
+    `directory` (created if needed), for `tfmot_recipe.build_tf_keras_model`.
 
-
-def describe_model(model):
-    """The plain description of a functional model: `(description, weights)`.
-
-    Args:
-        model: a functional `keras.Model` with one image input (e.g.
-            `MobileNetV2CA`, `MobileNeXtCA`), channels_last, built from
-            `SUPPORTED_LAYERS`, each layer called once.
+    `application.json` holds `{"application": name, "arguments": kwargs}`
+    from `application_arguments`; `weights.npz` the arrays of
+    `weight_arrays`. Neither holds anything but names, numbers and arrays.
 
     Returns:
-        `description`, a JSON-serializable dict (format, name, input,
-        layers in topological order with their config and inbound layer
-        names, outputs), and `weights`, a dict `"layer/weight" -> float32
-        array`.
-
-    Raises:
-        ValueError: for a model the tf_keras side cannot rebuild (naming the
-            layer).
+        `(name, kwargs)` of `application_arguments`.
     """
-    check_functional(model)
-    produced = {}  # id(KerasTensor) -> producing layer name
-    layers, weights, seen = [], {}, set()
-    for node in _graph_nodes(model):
-        layer = node.operation
-        if layer.name in seen:
-            raise ValueError(
-                f"Layer {layer.name!r} is called more than once; the tfmot "
-                "recipe rebuilds models whose layers are each used once."
-            )
-        seen.add(layer.name)
-        if len(node.output_tensors) != 1:
-            raise ValueError(
-                f"Layer {layer.name!r} has several outputs; only "
-                "single-output layers are supported."
-            )
-        out = node.output_tensors[0]
-        produced[id(out)] = layer.name
-        if node.is_input:
-            shape = list(out.shape[1:])
-            layers.append({"name": layer.name, "class_name": "InputLayer",
-                           "config": {"shape": shape,
-                                      "dtype": str(out.dtype)},
-                           "inbound": []})
-            continue
-        class_name, config, layer_weights = _describe_layer(layer)
-        inbound = [produced[id(t)] for t in node.input_tensors]
-        layers.append({"name": layer.name, "class_name": class_name,
-                       "config": config, "inbound": inbound})
-        for key, value in layer_weights.items():
-            weights[f"{layer.name}/{key}"] = value
-    description = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "name": model.name,
-        "keras_version": keras.__version__,
-        "layers": layers,
-        "outputs": [produced[id(t)] for t in model.outputs],
-    }
-    return description, weights
-
-
-def export_tf_keras_description(model, directory):
-    """Writes `description.json` and `weights.npz` of a model to `directory`.
-
-    The tf_keras side (`tfmot_recipe.build_tf_keras_model(directory)`)
-    rebuilds the same network from them, weights included.
-
-    Args:
-        model: see `describe_model`.
-        directory: output folder (created if needed).
-
-    Returns:
-        The `directory` path.
-    """
-    description, weights = describe_model(model)
+    name, arguments = application_arguments(model)
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, DESCRIPTION_FILE), "w",
+    with open(os.path.join(directory, APPLICATION_FILE), "w",
               encoding="utf-8") as f:
-        json.dump(description, f, indent=1)
-    np.savez(os.path.join(directory, WEIGHTS_FILE), **weights)
-    return directory
+        json.dump({"application": name, "arguments": arguments}, f,
+                  indent=1)
+    np.savez(os.path.join(directory, WEIGHTS_FILE), **weight_arrays(model))
+    return name, arguments
 
 
 def tfmot_available():
@@ -394,7 +319,7 @@ def tf_keras_float_outputs(model, images, python=None, timeout=None):
     `model.predict(images)` to check the weight transfer.
 
     Args:
-        model: see `describe_model`.
+        model: see `application_arguments`.
         images: float array `(N, H, W, C)` preprocessed for the model.
         python: interpreter of the subprocess (default: this one).
         timeout: optional limit in seconds.
@@ -403,78 +328,26 @@ def tf_keras_float_outputs(model, images, python=None, timeout=None):
         The float32 outputs, shape `(N, ...)`.
     """
     images, _ = _check_arrays("images", images)
-    describe_model(model)
-    _require_extra(python)
     with tempfile.TemporaryDirectory(prefix="kca_tfmot_") as work:
-        export_tf_keras_description(model, work)
+        export_for_tf_keras(model, work)  # an unsupported model fails here
+        _require_extra(python)
         data = os.path.join(work, "data.npz")
         np.savez(data, parity_x=images)
         out = os.path.join(work, "outputs.npz")
-        _run_worker(["--description", work, "--data", data,
-                     "--float-only", "--outputs", out],
-                    python=python, timeout=timeout)
-        return np.load(out)["float_outputs"]
+        _run_worker(["--model", work, "--data", data, "--float-only",
+                     "--outputs", out], python=python, timeout=timeout)
+        with np.load(out, allow_pickle=False) as outputs:
+            return outputs["float_outputs"]
 
 
 _MINIMUM = {"epochs": 0, "batch_size": 1, "representative_samples": 1,
             "parity_samples": 0}
 
 
-def tfmot_quantize(model, train_data, test_data=None, output=None,
-                   epochs=1, batch_size=32, learning_rate=1e-4,
-                   int8_io=False, representative_samples=8, parity_samples=32,
-                   workdir=None, python=None, timeout=None, verbose=False):
-    """The tfmot QAT recipe on a Keras 3 model, run in a tf_keras process.
-
-    Exports the model (`export_tf_keras_description`), then a subprocess
-    (`python -m keras_coordatt.quantization.tfmot_recipe`) rebuilds it in
-    tf_keras with the weights transferred, checks the float outputs against
-    the Keras 3 model's, annotates the coordinate attention ops with custom
-    QuantizeConfigs, applies `tfmot.quantization.keras.quantize_apply`,
-    fine-tunes with `fit` (Adam, sparse categorical cross-entropy), converts
-    to full-int8 TFLite (`Optimize.DEFAULT`, `TFLITE_BUILTINS_INT8` only),
-    checks it with `check_int8` and evaluates it with the LiteRT
-    interpreter. This process imports neither tfmot nor tf_keras.
-
-    Args:
-        model: a trained functional Keras 3 model (see `describe_model`),
-            softmax or logits output.
-        train_data: `(images, labels)` arrays for the QAT fine-tune (images
-            preprocessed for the model, integer labels).
-        test_data: optional `(images, labels)` arrays: held-out accuracy of
-            the float tf_keras rebuild, the tfmot QAT Keras model and its
-            int8 TFLite model.
-        output: optional path of the int8 `.tflite` to write.
-        epochs: int >= 0, QAT epochs.
-        batch_size: fit batch size.
-        learning_rate: Adam learning rate of the fine-tune.
-        int8_io: whether the TFLite input and output are int8.
-        representative_samples: int >= 1, how many training images go to
-            the converter as its representative dataset (TF 2.21 demands one
-            for `TFLITE_BUILTINS_INT8`; the scales come from the QAT ranges,
-            see `tfmot_recipe.convert_tf_keras_qat`).
-        parity_samples: how many images (test, else training) check the
-            float parity of the rebuild.
-        workdir: optional folder for the hand-off files (description,
-            weights, data, report); a temporary folder otherwise.
-        python: interpreter of the subprocess (default: this one).
-        timeout: optional limit in seconds.
-        verbose: stream the subprocess's output (fit progress).
-
-    Returns:
-        The report dict: `float_parity_max_abs_diff`, `tflite_size_bytes`,
-        `op_counts`, `tensor_types`, `float_accuracy` / `qat_keras_accuracy`
-        / `int8_accuracy` / `agreement` (with `test_data`), `history`,
-        timings, and `tflite` (the model bytes).
-
-    Raises:
-        ImportError: the `tfmot` extra is not installed.
-        ValueError: the model cannot be rebuilt, or bad arguments.
-        RuntimeError: the subprocess failed (its stderr tail attached).
-    """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size),
-                        ("representative_samples", representative_samples),
-                        ("parity_samples", parity_samples)):
+def _recipe_arrays(train_data, test_data, parity_samples, **counts):
+    """Checks the counts and data of `tfmot_quantize`; returns the arrays
+    for the worker's `data.npz`."""
+    for name, value in dict(counts, parity_samples=parity_samples).items():
         if isinstance(value, bool) or not isinstance(value, int) or \
                 value < _MINIMUM[name]:
             raise ValueError(
@@ -486,36 +359,89 @@ def tfmot_quantize(model, train_data, test_data=None, output=None,
     if test_data is not None:
         arrays["x_test"], arrays["y_test"] = _check_arrays("test_data",
                                                            *test_data)
-    parity_x = (arrays.get("x_test", x_train))[:parity_samples]
+    parity_x = arrays.get("x_test", x_train)[:parity_samples]
     if len(parity_x):
         arrays["parity_x"] = parity_x
-    describe_model(model)  # unsupported layers fail here, in this process
-    _require_extra(python)
+    return arrays
+
+
+def tfmot_quantize(model, train_data, test_data=None, output=None,
+                   epochs=1, batch_size=32, learning_rate=1e-4,
+                   int8_io=False, representative_samples=8, parity_samples=32,
+                   workdir=None, python=None, timeout=None, verbose=False):
+    """The tfmot QAT recipe on a Keras 3 model, run in a tf_keras process.
+
+    Writes the model's constructor call and weights (`export_for_tf_keras`);
+    the subprocess builds the same network in tf_keras, applies tfmot QAT
+    (custom QuantizeConfigs for the attention ops), fine-tunes it with `fit`
+    (Adam, sparse categorical cross-entropy), converts it to full-int8
+    TFLite, checks it with `check_int8` and evaluates it with LiteRT
+    (`tfmot_recipe`). This process imports neither tfmot nor tf_keras.
+
+    Args:
+        model: a trained model (see `application_arguments`), softmax or
+            logits output.
+        train_data: `(images, labels)` arrays for the QAT fine-tune (images
+            preprocessed for the model, integer labels).
+        test_data: optional `(images, labels)`: held-out accuracy of the
+            float tf_keras network, the QAT Keras model and the int8 model.
+        output: optional path of the int8 `.tflite` to write.
+        epochs: int >= 0, QAT epochs.
+        batch_size: fit batch size.
+        learning_rate: Adam learning rate of the fine-tune.
+        int8_io: whether the TFLite input and output are int8.
+        representative_samples: int >= 1, training images given to the
+            converter (see `tfmot_recipe.convert_tf_keras_qat`).
+        parity_samples: how many images (test, else training) check the
+            float parity of the tf_keras network.
+        workdir: optional folder for the hand-off files (application,
+            weights, data, report); a temporary folder otherwise.
+        python: interpreter of the subprocess (default: this one).
+        timeout: optional limit in seconds.
+        verbose: stream the subprocess's output (fit progress).
+
+    Returns:
+        The report dict: `application`, `float_parity_max_abs_diff`,
+        `tflite_size_bytes`, `op_counts`, `tensor_types`, `float_accuracy` /
+        `qat_keras_accuracy` / `int8_accuracy` / `agreement` (with
+        `test_data`), `history`, timings, and `tflite` (the model bytes).
+
+    Raises:
+        ImportError: the `tfmot` extra is not installed.
+        ValueError: the model cannot be rebuilt, or bad arguments.
+        RuntimeError: the subprocess failed (its stderr tail attached).
+    """
+    arrays = _recipe_arrays(
+        train_data, test_data, parity_samples, epochs=epochs,
+        batch_size=batch_size, representative_samples=representative_samples)
     with tempfile.TemporaryDirectory(prefix="kca_tfmot_") as tmp:
         work = workdir or tmp
-        export_tf_keras_description(model, work)
-        data = os.path.join(work, "data.npz")
-        np.savez(data, **arrays)
-        tflite = os.path.abspath(output) if output else os.path.join(
-            work, "tfmot_int8.tflite")
-        report_path = os.path.join(work, "report.json")
-        outputs = os.path.join(work, "outputs.npz")
-        args = ["--description", work, "--data", data, "--output", tflite,
-                "--json", report_path, "--outputs", outputs,
-                "--epochs", str(epochs), "--batch-size", str(batch_size),
+        # An unsupported model fails here, before the extra is looked for.
+        application = export_for_tf_keras(model, work)
+        _require_extra(python)
+        paths = {name: os.path.join(work, name) for name in (
+            "data.npz", "report.json", "outputs.npz", "tfmot_int8.tflite")}
+        np.savez(paths["data.npz"], **arrays)
+        tflite = os.path.abspath(output) if output else \
+            paths["tfmot_int8.tflite"]
+        args = ["--model", work, "--data", paths["data.npz"],
+                "--output", tflite, "--json", paths["report.json"],
+                "--outputs", paths["outputs.npz"], "--epochs", str(epochs),
+                "--batch-size", str(batch_size),
                 "--learning-rate", repr(float(learning_rate)),
                 "--representative-samples", str(representative_samples)]
-        if int8_io:
-            args.append("--int8-io")
-        _run_worker(args, python=python, timeout=timeout, verbose=verbose)
-        with open(report_path, encoding="utf-8") as f:
+        _run_worker(args + ["--int8-io"] * bool(int8_io), python=python,
+                    timeout=timeout, verbose=verbose)
+        with open(paths["report.json"], encoding="utf-8") as f:
             report = json.load(f)
-        if len(parity_x):
-            reference = np.asarray(model.predict(parity_x, verbose=0))
-            rebuilt = np.load(outputs)["float_outputs"]
+        report["application"] = dict(zip(("name", "arguments"), application))
+        if "parity_x" in arrays:
+            reference = np.asarray(model.predict(arrays["parity_x"],
+                                                 verbose=0))
+            with np.load(paths["outputs.npz"], allow_pickle=False) as out:
+                rebuilt = out["float_outputs"]
             report["float_parity_max_abs_diff"] = float(
-                np.abs(reference - rebuilt).max()
-            )
+                np.abs(reference - rebuilt).max())
         with open(tflite, "rb") as f:
             report["tflite"] = f.read()
     return report

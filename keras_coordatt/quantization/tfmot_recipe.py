@@ -1,28 +1,18 @@
-"""The tfmot recipe, tf_keras side: rebuild, tfmot QAT, full-int8 TFLite.
+"""The tfmot recipe, tf_keras side: the network in tf_keras, tfmot QAT,
+full-int8 TFLite.
 
 For users who stay on tf_keras (Keras 2), and the baseline the native Keras 3
 recipe (`keras_coordatt.quantization.quantize_model`) is compared with.
 
-Importing this module imports tf_keras and TensorFlow Model Optimization and
-sets `TF_USE_LEGACY_KERAS=1` in the process environment (tfmot does so
-itself): do it only in a process meant for tf_keras. From Keras 3, call
-`keras_coordatt.quantization.tfmot_quantize`, which runs this module in a
-subprocess:
-
-    python -m keras_coordatt.quantization.tfmot_recipe \\
-        --description DIR --data data.npz --epochs 2 \\
-        --output model_int8.tflite --json report.json
-
-`DIR` holds `description.json` and `weights.npz`, written from the Keras 3
-model by `keras_coordatt.quantization.export_tf_keras_description`;
-`data.npz` holds `x_train`, `y_train` and optionally `x_test`, `y_test`
-(preprocessed images, integer labels) and `parity_x` (images whose float
-outputs are written to `--outputs`).
-
-The rebuilt network is the Keras 3 one layer for layer, with each
-`CoordinateAttention` spelled out in plain tf_keras layers that tfmot can
-wrap (the authors' layout, with the two pooled strips concatenated around
-the shared 1x1 convolution + BatchNorm):
+TensorFlow Model Optimization 0.8 wraps tf_keras layers only, and a Keras 3
+model cannot be loaded as a tf_keras one. So this module builds the network
+again with the constructor that built the Keras 3 model, called with
+`TF_KERAS`, tf_keras's layer namespace (`applications.blocks.Namespace`):
+the stage tables and block functions are the Keras 3 ones, the layer names
+too, and the weights are copied in by name. Its one tf_keras-specific layer
+is `CoordinateAttention`, the attention block spelled out in plain tf_keras
+layers that tfmot can wrap (the authors' layout, with the two pooled strips
+concatenated around the shared 1x1 convolution + BatchNorm):
 
     pool_h = StripPool(2)(x)                  (B, H, 1, C)
     pool_w = StripPool(1)(x)                  (B, W, 1, C)
@@ -33,19 +23,18 @@ the shared 1x1 convolution + BatchNorm):
     a_w = Activation("sigmoid")(Conv2D(C, 1)(y_w))
     out = Multiply()([Multiply()([x, a_h]), a_w])
 
-and these custom QuantizeConfigs (tfmot's default scheme knows none of the
-custom layers, nor `Multiply`):
+with these custom `OutputQuantizeConfig`s (tfmot's default scheme knows
+none of the custom layers, nor `Multiply`):
 
-- `PassThroughQuantizeConfig` for the pools and the splits: no quantizer of
-  their own; the pools take the concat's range (TFLite's int8 concatenation
-  wants one scale for its inputs and output; the converter adds one int8
-  requantize after the W strip's transpose), the splits keep the
-  hard-swish's;
-- `OutputQuantizeConfig` (per-tensor, moving-average range) for the
-  concat, the hard-swish and both products;
-- `FixedRangeQuantizeConfig(0, 255/256)` for the sigmoid gates: the scale
-  1/256 and zero point -128 of TFLite's int8 LOGISTIC, so that training
-  sees the rounding the int8 kernel does.
+- `"pass"` for the pools and the splits: no quantizer of their own; the
+  pools take the concat's range (TFLite's int8 concatenation wants one
+  scale for its inputs and output; the converter adds one int8 requantize
+  after the W strip's transpose), the splits keep the hard-swish's;
+- `"moving_average"` (per-tensor range) for the concat, the hard-swish and
+  both products;
+- `"sigmoid"`, the fixed range [0, 255/256], for the gates: the scale 1/256
+  and zero point -128 of TFLite's int8 LOGISTIC, so that training sees the
+  rounding the int8 kernel does.
 
 Everything else (conv + BN + ReLU6 folding patterns, Add, pooling, Dense)
 uses tfmot's default 8-bit scheme, as a tf_keras user gets it, which makes
@@ -55,6 +44,21 @@ results: activation ranges start at [-6, 6] and move by an EMA of decay
 tensor with BatchNorm kept apart during training, then folded and
 re-quantized per channel by the converter, so the TFLite model does not run
 exactly the depthwise weights QAT trained.
+
+Importing this module imports tf_keras and tfmot and sets
+`TF_USE_LEGACY_KERAS=1` in the process environment (tfmot does so itself):
+do it only in a process meant for tf_keras. From Keras 3, call
+`keras_coordatt.quantization.tfmot_quantize`, which runs
+
+    python -m keras_coordatt.quantization.tfmot_recipe \\
+        --model DIR --data data.npz --epochs 2 \\
+        --output model_int8.tflite --json report.json
+
+`DIR` holds `application.json` and `weights.npz`, written by
+`keras_coordatt.quantization.tfmot_bridge.export_for_tf_keras`; `data.npz`
+holds `x_train`, `y_train` and optionally `x_test`, `y_test` (preprocessed
+images, integer labels) and `parity_x` (images whose float outputs are
+written to `--outputs`).
 """
 
 import argparse
@@ -65,8 +69,9 @@ import time
 
 import numpy as np
 
-from keras_coordatt.quantization.tfmot_bridge import DESCRIPTION_FILE
-from keras_coordatt.quantization.tfmot_bridge import FORMAT
+from keras_coordatt.applications.blocks import Namespace
+from keras_coordatt.applications.registry import get_application
+from keras_coordatt.quantization.tfmot_bridge import APPLICATION_FILE
 from keras_coordatt.quantization.tfmot_bridge import INSTALL_HINT
 from keras_coordatt.quantization.tfmot_bridge import WEIGHTS_FILE
 
@@ -88,6 +93,9 @@ else:
 # zero point -128.
 SIGMOID_RANGE = (0.0, 255.0 / 256.0)
 _PACKAGE = "keras_coordatt_tfmot"
+# The constructor arguments `application.json` may set.
+_ARGUMENTS = ("input_shape", "alpha", "include_top", "pooling", "classes",
+              "classifier_activation", "name", "reduction", "attention")
 
 
 def _require():
@@ -109,10 +117,6 @@ if IMPORT_ERROR is None:
 
         def __init__(self, axis, **kwargs):
             super().__init__(**kwargs)
-            if axis not in (1, 2):
-                raise ValueError(
-                    f"`axis` must be 1 or 2. Received: axis={axis!r}"
-                )
             self.axis = axis
 
         def call(self, inputs):
@@ -120,11 +124,6 @@ if IMPORT_ERROR is None:
             if self.axis == 1:
                 pooled = tf.transpose(pooled, (0, 2, 1, 3))
             return pooled
-
-        def compute_output_shape(self, input_shape):
-            shape = tf.TensorShape(input_shape).as_list()
-            length = shape[1] if self.axis == 2 else shape[2]
-            return tf.TensorShape([shape[0], length, 1, shape[3]])
 
         def get_config(self):
             return {**super().get_config(), "axis": self.axis}
@@ -139,10 +138,6 @@ if IMPORT_ERROR is None:
 
         def __init__(self, part, **kwargs):
             super().__init__(**kwargs)
-            if part not in ("h", "w"):
-                raise ValueError(
-                    f"`part` must be 'h' or 'w'. Received: part={part!r}"
-                )
             self.part = part
 
         def call(self, inputs):
@@ -153,15 +148,6 @@ if IMPORT_ERROR is None:
             if self.part == "h":
                 return joint[:, :length]
             return tf.transpose(joint[:, length:], (0, 2, 1, 3))
-
-        def compute_output_shape(self, input_shape):
-            joint, reference = [tf.TensorShape(s).as_list()
-                                for s in input_shape]
-            if self.part == "h":
-                return tf.TensorShape([joint[0], reference[1], 1, joint[3]])
-            width = None if None in (joint[1], reference[1]) else \
-                joint[1] - reference[1]
-            return tf.TensorShape([joint[0], 1, width, joint[3]])
 
         def get_config(self):
             return {**super().get_config(), "part": self.part}
@@ -174,11 +160,17 @@ if IMPORT_ERROR is None:
         def call(self, inputs):
             return inputs * (tf.nn.relu6(inputs + 3.0) / 6.0)
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
+    @tf_keras.utils.register_keras_serializable(package=_PACKAGE)
+    class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        """Quantizes the output of a layer without weights, by `mode`:
+        `"moving_average"` (per tensor, asymmetric int8, the range tracked
+        by moving averages: tfmot's activation quantizer), `"sigmoid"`
+        (the fixed `SIGMOID_RANGE`) or `"pass"` (no quantizer: a layout op
+        that keeps its input's quantization, or takes the one of the op it
+        feeds, as concat inputs do)."""
 
-    class _Config(tfmot.quantization.keras.QuantizeConfig):
-        """A QuantizeConfig without weights or activation attributes."""
+        def __init__(self, mode="moving_average"):
+            self.mode = mode
 
         def get_weights_and_quantizers(self, layer):
             return []
@@ -192,235 +184,153 @@ if IMPORT_ERROR is None:
         def set_quantize_activations(self, layer, quantize_activations):
             pass
 
-        def get_config(self):
-            return {}
-
-    @tf_keras.utils.register_keras_serializable(package=_PACKAGE)
-    class OutputQuantizeConfig(_Config):
-        """Quantizes the layer's output: per tensor, asymmetric int8, range
-        tracked by moving averages (tfmot's activation quantizer)."""
-
         def get_output_quantizers(self, layer):
+            if self.mode == "pass":
+                return []
+            if self.mode == "sigmoid":
+                return [_quantizers.FixedQuantizer(
+                    num_bits=8, init_min=SIGMOID_RANGE[0],
+                    init_max=SIGMOID_RANGE[1], narrow_range=False)]
             return [_quantizers.MovingAverageQuantizer(
                 num_bits=8, per_axis=False, symmetric=False,
                 narrow_range=False)]
 
-    @tf_keras.utils.register_keras_serializable(package=_PACKAGE)
-    class PassThroughQuantizeConfig(_Config):
-        """No quantizer: a layout op that keeps its input's quantization (or
-        takes the one of the op it feeds, as concat inputs do)."""
-
-        def get_output_quantizers(self, layer):
-            return []
-
-    @tf_keras.utils.register_keras_serializable(package=_PACKAGE)
-    class FixedRangeQuantizeConfig(_Config):
-        """Quantizes the output to a fixed range (default: the sigmoid's)."""
-
-        def __init__(self, low=SIGMOID_RANGE[0], high=SIGMOID_RANGE[1]):
-            self.low = float(low)
-            self.high = float(high)
-
-        def get_output_quantizers(self, layer):
-            return [_quantizers.FixedQuantizer(
-                num_bits=8, init_min=self.low, init_max=self.high,
-                narrow_range=False)]
-
         def get_config(self):
-            return {"low": self.low, "high": self.high}
+            return {"mode": self.mode}
 
-    CUSTOM_OBJECTS = {
-        "StripPool": StripPool,
-        "StripSplit": StripSplit,
-        "HardSwish": HardSwish,
-        "OutputQuantizeConfig": OutputQuantizeConfig,
-        "PassThroughQuantizeConfig": PassThroughQuantizeConfig,
-        "FixedRangeQuantizeConfig": FixedRangeQuantizeConfig,
-    }
+    CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
+        StripPool, StripSplit, HardSwish, OutputQuantizeConfig)}
 
 
-# ------------------------------------------------------------- rebuild
+class CoordinateAttention:
+    """`keras_coordatt.layers.CoordinateAttention` in tf_keras layers.
 
-
-def _load_description(description):
-    if isinstance(description, (str, os.PathLike)):
-        directory = os.fspath(description)
-        with open(os.path.join(directory, DESCRIPTION_FILE),
-                  encoding="utf-8") as f:
-            description = json.load(f)
-        with np.load(os.path.join(directory, WEIGHTS_FILE)) as data:
-            weights = {k: data[k] for k in data.files}
-        return description, weights
-    raise ValueError(
-        "`description` must be the folder written by "
-        "`export_tf_keras_description`. "
-        f"Received: {type(description).__name__}"
-    )
-
-
-def _activation_layer(name, layer_name):
-    if name == "hard_silu":
-        return HardSwish(name=layer_name)
-    return tf_keras.layers.Activation(name, name=layer_name)
-
-
-def _build_layer(spec):
-    cfg, name, L = spec["config"], spec["name"], tf_keras.layers
-    kind = spec["class_name"]
-    if kind == "Conv2D":
-        return L.Conv2D(cfg["filters"], cfg["kernel_size"],
-                        strides=cfg["strides"], padding=cfg["padding"],
-                        use_bias=cfg["use_bias"],
-                        activation=cfg["activation"], name=name)
-    if kind == "DepthwiseConv2D":
-        return L.DepthwiseConv2D(cfg["kernel_size"], strides=cfg["strides"],
-                                 padding=cfg["padding"],
-                                 depth_multiplier=cfg["depth_multiplier"],
-                                 use_bias=cfg["use_bias"],
-                                 activation=cfg["activation"], name=name)
-    if kind == "BatchNormalization":
-        return L.BatchNormalization(name=name, **cfg)
-    if kind == "Dense":
-        return L.Dense(cfg["units"], activation=cfg["activation"],
-                       use_bias=cfg["use_bias"], name=name)
-    if kind == "ReLU":
-        return L.ReLU(name=name, **cfg)
-    if kind == "Activation":
-        return _activation_layer(cfg["activation"], name)
-    if kind == "ZeroPadding2D":
-        return L.ZeroPadding2D(tuple(tuple(p) for p in cfg["padding"]),
-                               name=name)
-    if kind in ("Add", "Multiply", "Flatten"):
-        return getattr(L, kind)(name=name)
-    if kind == "Concatenate":
-        return L.Concatenate(axis=cfg["axis"], name=name)
-    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
-        return getattr(L, kind)(keepdims=cfg["keepdims"], name=name)
-    if kind in ("AveragePooling2D", "MaxPooling2D"):
-        return getattr(L, kind)(cfg["pool_size"], strides=cfg["strides"],
-                                padding=cfg["padding"], name=name)
-    if kind == "Dropout":
-        return L.Dropout(cfg["rate"], name=name)
-    if kind == "Reshape":
-        return L.Reshape(tuple(cfg["target_shape"]), name=name)
-    raise ValueError(f"Layer {name!r}: unknown class {kind!r} in the "
-                     "description.")
-
-
-def _coordinate_attention(x, spec):
-    """The CA block in tf_keras layers; returns `(output, assignments)`."""
-    n, cfg, L = spec["name"], spec["config"], tf_keras.layers
-    conv = L.Conv2D(cfg["hidden_channels"], 1, name=f"{n}_conv")
-    bn = L.BatchNormalization(name=f"{n}_bn", **cfg["bn"])
-    conv_h = L.Conv2D(cfg["channels"], 1, name=f"{n}_conv_h")
-    conv_w = L.Conv2D(cfg["channels"], 1, name=f"{n}_conv_w")
-    pool_h = StripPool(2, name=f"{n}_pool_h")(x)
-    pool_w = StripPool(1, name=f"{n}_pool_w")(x)
-    y = L.Concatenate(axis=1, name=f"{n}_concat")([pool_h, pool_w])
-    y = HardSwish(name=f"{n}_hswish")(bn(conv(y)))
-    y_h = StripSplit("h", name=f"{n}_split_h")([y, pool_h])
-    y_w = StripSplit("w", name=f"{n}_split_w")([y, pool_h])
-    a_h = L.Activation("sigmoid", name=f"{n}_gate_h")(conv_h(y_h))
-    a_w = L.Activation("sigmoid", name=f"{n}_gate_w")(conv_w(y_w))
-    out = L.Multiply(name=f"{n}_mul_h")([x, a_h])
-    out = L.Multiply(name=f"{n}_mul_w")([out, a_w])
-    assignments = [(conv, f"{n}/conv"), (bn, f"{n}/bn"),
-                   (conv_h, f"{n}/conv_h"), (conv_w, f"{n}/conv_w")]
-    return out, assignments
-
-
-def _assign(layer, prefix, weights):
-    """Copies the described weights of one layer into its tf_keras twin."""
-    names = {
-        "kernel": "depthwise_kernel" if isinstance(
-            layer, tf_keras.layers.DepthwiseConv2D) else "kernel",
-        "bias": "bias", "gamma": "gamma", "beta": "beta",
-        "moving_mean": "moving_mean", "moving_variance": "moving_variance",
-    }
-    expected = {n for n in names if getattr(layer, names[n], None)
-                is not None}
-    given = {k[len(prefix) + 1:] for k in weights
-             if k.startswith(prefix + "/") and "/" not in k[len(prefix) + 1:]}
-    if given != expected:
-        raise ValueError(
-            f"Layer {layer.name!r}: the description holds weights "
-            f"{sorted(given)}, the tf_keras layer expects {sorted(expected)}."
-        )
-    for key in expected:
-        variable = getattr(layer, names[key])
-        value = weights[f"{prefix}/{key}"]
-        if tuple(variable.shape) != value.shape:
-            raise ValueError(
-                f"Layer {layer.name!r}: weight {key!r} has shape "
-                f"{value.shape}, the tf_keras layer expects "
-                f"{tuple(variable.shape)}."
-            )
-        variable.assign(value)
-
-
-def build_tf_keras_model(description):
-    """Rebuilds a described Keras 3 model in tf_keras, weights transferred.
+    Called on a channels_last tensor, it adds the layers of the module
+    docstring's graph. Its convolutions and BatchNorm are named
+    `{name}_conv`, `{name}_bn`, `{name}_conv_h`, `{name}_conv_w`: the keys
+    under which `tfmot_bridge.weight_arrays` stores the Keras 3 layer's
+    sublayers `conv`, `bn`, `conv_h`, `conv_w`. The Keras 3 layer folds the
+    hard-swish's 1/6 into the gate kernels at call time; its stored kernels
+    are the plain ones this graph uses.
 
     Args:
-        description: the folder written by
-            `keras_coordatt.quantization.export_tf_keras_description`.
+        reduction, min_channels: as the Keras 3 layer's (hard-swish
+            encoding, BatchNorm momentum 0.9 and epsilon 1e-5, as there).
+        name: the Keras 3 layer's name.
+    """
+
+    def __init__(self, reduction=32, min_channels=8, name="ca"):
+        self.reduction = reduction
+        self.min_channels = min_channels
+        self.name = name
+
+    def __call__(self, x):
+        n, L = self.name, tf_keras.layers
+        channels = x.shape[-1]
+        hidden = max(self.min_channels, channels // self.reduction)
+        pool_h = StripPool(2, name=f"{n}_pool_h")(x)
+        pool_w = StripPool(1, name=f"{n}_pool_w")(x)
+        y = L.Concatenate(axis=1, name=f"{n}_concat")([pool_h, pool_w])
+        y = L.Conv2D(hidden, 1, name=f"{n}_conv")(y)
+        y = L.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                 name=f"{n}_bn")(y)
+        y = HardSwish(name=f"{n}_hswish")(y)
+        gates = []
+        for part in ("h", "w"):
+            strip = StripSplit(part, name=f"{n}_split_{part}")([y, pool_h])
+            logits = L.Conv2D(channels, 1, name=f"{n}_conv_{part}")(strip)
+            gates.append(L.Activation("sigmoid",
+                                      name=f"{n}_gate_{part}")(logits))
+        out = L.Multiply(name=f"{n}_mul_h")([x, gates[0]])
+        return L.Multiply(name=f"{n}_mul_w")([out, gates[1]])
+
+
+if IMPORT_ERROR is None:
+    TF_KERAS = Namespace(tf_keras.layers, tf_keras.Model,
+                         {"ca": CoordinateAttention}, lambda: "channels_last")
+
+
+# ------------------------------------------------------------ the network
+
+
+def copy_weights(model, arrays):
+    """Assigns `arrays` (`tfmot_bridge.weight_arrays` keys) to `model`.
+
+    Every weight of `model` needs an array of its shape under
+    `{layer name}/{weight}` (tf_keras's `depthwise_kernel` is Keras 3's
+    `kernel`), and every array a weight.
+
+    Raises:
+        ValueError: listing every missing, unused and misshapen array.
+    """
+    targets = {}
+    for layer in model.layers:
+        for weight in layer.weights:
+            short = weight.name.split("/")[-1].split(":")[0]
+            short = "kernel" if short == "depthwise_kernel" else short
+            targets[f"{layer.name}/{short}"] = weight
+    problems = [f"no array for {key}" for key in sorted(
+        targets.keys() - arrays.keys())]
+    problems += [f"no weight for {key}" for key in sorted(
+        arrays.keys() - targets.keys())]
+    problems += [
+        f"{key} has shape {arrays[key].shape}, the tf_keras weight "
+        f"{tuple(targets[key].shape)}"
+        for key in sorted(targets.keys() & arrays.keys())
+        if arrays[key].shape != tuple(targets[key].shape)]
+    if problems:
+        raise ValueError(
+            f"The weights do not fit the tf_keras network {model.name!r} "
+            f"({len(problems)} problems): " + "; ".join(problems))
+    for key, weight in targets.items():
+        weight.assign(arrays[key])
+
+
+def build_tf_keras_model(directory):
+    """The tf_keras network of a Keras 3 model, weights copied in.
+
+    Args:
+        directory: the folder `tfmot_bridge.export_for_tf_keras` wrote.
 
     Returns:
-        A functional `tf_keras.Model` computing the same function in float
-        (each `CoordinateAttention` spelled out in tf_keras layers, see the
-        module docstring), with the same layer names elsewhere.
+        The functional `tf_keras.Model` that the registered constructor of
+        `application.json` builds with `TF_KERAS`, holding the arrays of
+        `weights.npz` (`copy_weights`).
     """
     _require()
-    description, weights = _load_description(description)
-    if description.get("format") != FORMAT:
+    with open(os.path.join(directory, APPLICATION_FILE),
+              encoding="utf-8") as f:
+        spec = json.load(f)
+    arguments = dict(spec.get("arguments") or {})
+    unknown = sorted(set(arguments) - set(_ARGUMENTS))
+    if unknown:
         raise ValueError(
-            f"Not a keras_coordatt tf_keras description: format "
-            f"{description.get('format')!r} (expected {FORMAT!r})."
+            f"{APPLICATION_FILE}: unknown constructor arguments. Received: "
+            f"{unknown}; accepted: {', '.join(_ARGUMENTS)}"
         )
-    tensors, assignments, model_input = {}, [], None
-    for spec in description["layers"]:
-        name = spec["name"]
-        if spec["class_name"] == "InputLayer":
-            if model_input is not None:
-                raise ValueError("Only single-input models are supported.")
-            cfg = spec["config"]
-            model_input = tf_keras.Input(tuple(cfg["shape"]), name=name,
-                                         dtype=cfg.get("dtype", "float32"))
-            tensors[name] = model_input
-            continue
-        inputs = [tensors[i] for i in spec["inbound"]]
-        if spec["class_name"] == "CoordinateAttention":
-            tensors[name], parts = _coordinate_attention(inputs[0], spec)
-            assignments.extend(parts)
-            continue
-        layer = _build_layer(spec)
-        tensors[name] = layer(inputs if len(inputs) > 1 else inputs[0])
-        if any(k.startswith(name + "/") for k in weights):
-            assignments.append((layer, name))
-    outputs = [tensors[name] for name in description["outputs"]]
-    model = tf_keras.Model(model_input,
-                           outputs[0] if len(outputs) == 1 else outputs,
-                           name=description["name"])
-    for layer, prefix in assignments:
-        _assign(layer, prefix, weights)
+    if "input_shape" in arguments:
+        arguments["input_shape"] = tuple(arguments["input_shape"])
+    constructor = get_application(spec.get("application"))
+    model = constructor(weights=None, namespace=TF_KERAS, **arguments)
+    with np.load(os.path.join(directory, WEIGHTS_FILE),
+                 allow_pickle=False) as data:
+        copy_weights(model, {key: data[key] for key in data.files})
     return model
 
 
-# ----------------------------------------------------------------- QAT
+# ------------------------------------------------------------------- QAT
 
 
 def _quantize_config(layer):
     """The custom QuantizeConfig of a CA layer, or None (tfmot default)."""
     if isinstance(layer, (StripPool, StripSplit)):
-        return PassThroughQuantizeConfig()
-    if isinstance(layer, (HardSwish, tf_keras.layers.Multiply)):
-        return OutputQuantizeConfig()
-    if isinstance(layer, tf_keras.layers.Concatenate):
+        return OutputQuantizeConfig("pass")
+    if isinstance(layer, (HardSwish, tf_keras.layers.Multiply,
+                          tf_keras.layers.Concatenate)):
         return OutputQuantizeConfig()
     if isinstance(layer, tf_keras.layers.Activation):
-        activation = getattr(layer.activation, "__name__", "")
-        if activation == "sigmoid":
-            return FixedRangeQuantizeConfig(*SIGMOID_RANGE)
+        if getattr(layer.activation, "__name__", "") == "sigmoid":
+            return OutputQuantizeConfig("sigmoid")
     return None
 
 
@@ -431,9 +341,6 @@ def quantize_tf_keras_model(model):
     attention ops and `Multiply`, tfmot's default 8-bit scheme elsewhere)
     and calls `tfmot.quantization.keras.quantize_apply` in a
     `quantize_scope` holding the custom layers and configs.
-
-    Args:
-        model: a functional `tf_keras.Model`.
 
     Returns:
         The quantization-aware tf_keras model (weights copied from `model`).
@@ -478,33 +385,22 @@ def fine_tune(qat_model, x, y, epochs=1, batch_size=32, learning_rate=1e-4,
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-def _representative(images, count):
-    def generator():
-        for image in images[:count]:
-            yield [image[None].astype("float32")]
-
-    return generator
-
-
 def convert_tf_keras_qat(qat_model, representative_data, int8_io=False,
                          representative_samples=8):
     """Converts a tfmot QAT model to a full-int8 TFLite model.
 
     `Optimize.DEFAULT` with `TFLITE_BUILTINS_INT8` only (no float fallback,
-    no Flex op); the result is checked with
-    `keras_coordatt.quantization.check_int8`.
-
-    TF 2.21's converter validates its options before it looks at the graph,
-    so `TFLITE_BUILTINS_INT8` needs a representative dataset even for a
-    fake-quantized model. The scales still come from the QAT ranges: with or
-    without these images (and with `TFLITE_BUILTINS`), the converted models
-    are identical, tensor for tensor; only a tensor without a fake-quant
-    range would be calibrated on them.
+    no Flex op), checked with `keras_coordatt.quantization.check_int8`.
+    TF 2.21's converter demands a representative dataset for
+    `TFLITE_BUILTINS_INT8` even for a fake-quantized model; the scales still
+    come from the QAT ranges (with or without these images, and with
+    `TFLITE_BUILTINS`, the converted models are identical, tensor for
+    tensor): only a tensor without a fake-quant range would be calibrated.
 
     Args:
         qat_model: the model returned by `quantize_tf_keras_model`.
-        representative_data: images `(N, H, W, C)` preprocessed for the
-            model (a few training images).
+        representative_data: non-empty images `(N, H, W, C)` preprocessed
+            for the model (a few training images).
         int8_io: whether the model's input and output are int8.
         representative_samples: int >= 1, how many images to use.
 
@@ -521,11 +417,11 @@ def convert_tf_keras_qat(qat_model, representative_data, int8_io=False,
             "`representative_samples` must be an integer >= 1. "
             f"Received: representative_samples={representative_samples!r}"
         )
-    representative_data = np.asarray(representative_data, dtype="float32")
-    if representative_data.ndim != 4 or not len(representative_data):
+    images = np.asarray(representative_data, dtype="float32")
+    if images.ndim != 4 or not len(images):
         raise ValueError(
             "`representative_data` must be a non-empty (N, H, W, C) array. "
-            f"Received: shape {representative_data.shape}"
+            f"Received: shape {images.shape}"
         )
     shape = (1,) + tuple(qat_model.inputs[0].shape[1:])
     if None in shape:
@@ -536,8 +432,8 @@ def convert_tf_keras_qat(qat_model, representative_data, int8_io=False,
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32,
                                                 name="image")])
-    def serve(images):
-        return qat_model(images, training=False)
+    def serve(batch):
+        return qat_model(batch, training=False)
 
     # No trackable object: the converter then freezes the function's graph
     # directly instead of saving the tf_keras model as a SavedModel first
@@ -549,9 +445,8 @@ def convert_tf_keras_qat(qat_model, representative_data, int8_io=False,
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8
     ]
-    converter.representative_dataset = _representative(
-        representative_data, representative_samples
-    )
+    converter.representative_dataset = lambda: (
+        [image[None]] for image in images[:representative_samples])
     if int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -560,29 +455,40 @@ def convert_tf_keras_qat(qat_model, representative_data, int8_io=False,
     return model_bytes
 
 
-# ---------------------------------------------------------------- main
+# ------------------------------------------------------------------ main
+
+
+def _at_least(low):
+    def parse(text):
+        if int(text) < low:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {low}. Received: {text}")
+        return int(text)
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" wording
+    return parse
 
 
 def _parser():
     p = argparse.ArgumentParser(
         prog="python -m keras_coordatt.quantization.tfmot_recipe",
-        description="tfmot QAT of a keras_coordatt model rebuilt in "
+        description="tfmot QAT of a keras_coordatt network built in "
                     "tf_keras, converted to full-int8 TFLite.",
     )
-    p.add_argument("--description", required=True,
-                   help="folder with description.json and weights.npz")
+    p.add_argument("--model", required=True,
+                   help=f"folder with {APPLICATION_FILE} and {WEIGHTS_FILE}")
     p.add_argument("--data", required=True,
                    help=".npz with x_train, y_train [x_test, y_test] "
                         "[parity_x]")
     p.add_argument("--float-only", action="store_true",
-                   help="only rebuild and write the float outputs on "
-                        "parity_x to --outputs")
+                   help="only build the network and write its float "
+                        "outputs on parity_x to --outputs")
     p.add_argument("--outputs", default=None,
                    help=".npz for the float outputs on parity_x")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=_at_least(0), default=1)
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--representative-samples", type=int, default=8,
+    p.add_argument("--representative-samples", type=_at_least(1), default=8,
                    help="training images given to the converter (TF 2.21 "
                         "demands some for TFLITE_BUILTINS_INT8; the QAT "
                         "ranges set the scales)")
@@ -594,66 +500,75 @@ def _parser():
     return p
 
 
+def _timed(timings, key, function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    timings[key] = time.perf_counter() - start
+    return result
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+
+
+def _quantize_and_convert(args, float_model, data, timings):
+    """QAT, fine-tune, int8 conversion; returns `(report, tflite bytes)`."""
+    from keras_coordatt.quantization.convert import check_int8
+
+    qat_model = _timed(timings, "quantize_apply_s", quantize_tf_keras_model,
+                       float_model)
+    report = {"wrapped_layers": sum(
+        type(layer).__name__.startswith("QuantizeWrapper")
+        for layer in qat_model.layers)}
+    report["history"] = _timed(
+        timings, "fit_s", fine_tune, qat_model, data["x_train"],
+        data["y_train"], epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, verbose=args.verbose)
+    blob = _timed(timings, "convert_s", convert_tf_keras_qat, qat_model,
+                  data["x_train"], int8_io=args.int8_io,
+                  representative_samples=args.representative_samples)
+    check = check_int8(blob, int8_io=args.int8_io)
+    report["tflite_size_bytes"] = len(blob)
+    for key in ("op_counts", "tensor_types", "input_types", "output_types"):
+        report[key] = check[key]
+    if "x_test" in data:
+        report["qat_keras_accuracy"] = _accuracy(qat_model, data["x_test"],
+                                                 data["y_test"])
+        report["qat_predictions"] = qat_model.predict(
+            data["x_test"], verbose=0).argmax(-1)
+    return report, blob
+
+
 def run(args):
     """The recipe; returns the report dict (also written to --json)."""
-    from keras_coordatt.quantization.convert import check_int8
     from keras_coordatt.quantization.evaluate import evaluate_tflite
 
     tf_keras.utils.set_random_seed(args.seed)
-    data = np.load(args.data)
+    with np.load(args.data, allow_pickle=False) as arrays:
+        data = {key: arrays[key] for key in arrays.files}
     timings = {}
-    start = time.perf_counter()
-    float_model = build_tf_keras_model(args.description)
-    timings["rebuild_s"] = time.perf_counter() - start
-    if "parity_x" in data.files and args.outputs:
+    float_model = _timed(timings, "rebuild_s", build_tf_keras_model,
+                         args.model)
+    if "parity_x" in data and args.outputs:
         np.savez(args.outputs, float_outputs=float_model.predict(
             data["parity_x"], verbose=0))
     if args.float_only:
         return {"timings": timings}
-    x_train, y_train = data["x_train"], data["y_train"]
-    has_test = "x_test" in data.files
     report = {"tfmot_version": tfmot.__version__,
               "tf_keras_version": tf_keras.__version__,
               "tensorflow_version": tf.__version__}
-    if has_test:
-        x_test, y_test = data["x_test"], data["y_test"]
-        report["float_accuracy"] = float(np.mean(
-            float_model.predict(x_test, verbose=0).argmax(-1) == y_test))
-        report["num_test"] = int(len(y_test))
-    start = time.perf_counter()
-    qat_model = quantize_tf_keras_model(float_model)
-    timings["quantize_apply_s"] = time.perf_counter() - start
-    report["wrapped_layers"] = sum(
-        type(layer).__name__.startswith("QuantizeWrapper")
-        for layer in qat_model.layers)
-    start = time.perf_counter()
-    report["history"] = fine_tune(
-        qat_model, x_train, y_train, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        verbose=args.verbose,
-    )
-    timings["fit_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    blob = convert_tf_keras_qat(
-        qat_model, x_train, int8_io=args.int8_io,
-        representative_samples=args.representative_samples,
-    )
-    timings["convert_s"] = time.perf_counter() - start
-    check = check_int8(blob, int8_io=args.int8_io)
-    report.update({
-        "tflite_size_bytes": len(blob),
-        "op_counts": check["op_counts"],
-        "tensor_types": check["tensor_types"],
-        "input_types": check["input_types"],
-        "output_types": check["output_types"],
-    })
-    if has_test:
-        evaluation = evaluate_tflite(blob, (x_test, y_test))
-        keras_pred = qat_model.predict(x_test, verbose=0).argmax(-1)
+    if "x_test" in data:
+        report["float_accuracy"] = _accuracy(float_model, data["x_test"],
+                                             data["y_test"])
+        report["num_test"] = int(len(data["y_test"]))
+    qat_report, blob = _quantize_and_convert(args, float_model, data,
+                                             timings)
+    report.update(qat_report)
+    if "x_test" in data:
+        evaluation = evaluate_tflite(blob, (data["x_test"], data["y_test"]))
         report["int8_accuracy"] = evaluation["accuracy"]
-        report["qat_keras_accuracy"] = float(np.mean(keras_pred == y_test))
         report["agreement"] = float(np.mean(
-            keras_pred == evaluation["predictions"]))
+            report.pop("qat_predictions") == evaluation["predictions"]))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)),
                     exist_ok=True)
@@ -670,12 +585,6 @@ def main(argv=None):
     if IMPORT_ERROR is not None:
         print(str(IMPORT_ERROR), file=sys.stderr)
         return 3
-    for flag, low in (("epochs", 0), ("representative_samples", 1),
-                      ("batch_size", 1)):
-        if getattr(args, flag) < low:
-            print(f"--{flag.replace('_', '-')} must be >= {low}. Received: "
-                  f"{getattr(args, flag)}", file=sys.stderr)
-            return 2
     report = run(args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -1,7 +1,9 @@
 """Training and fine-tuning around `model.fit`, from a laptop to a TPU pod.
 
 - `train(config)`: the whole run (strategy, data, model, optimizer, fit
-  phases, backups, checkpoints, logs, evaluation, saved model).
+  phases, backups, checkpoints, logs, evaluation, saved model);
+  `train(config, model=...)` trains a given model (the QAT twin of
+  `keras-coordatt quantize`) the same way.
 - `TrainConfig`, `get_config`, `RECIPES`: the paper's ImageNet recipe, a
   transfer-learning recipe and the offline digits demo, as plain data.
 - `get_strategy`: TPU / multi-GPU / CPU / multi-worker strategies.
@@ -13,7 +15,9 @@
   and logs.
 
 - `TrainConfig(task="segmentation")`: keras-hub's DeepLabV3 on the
-  networks (`segmentation.py`, pipelines in `segmentation_data.py`).
+  networks (`segmentation.py`, pipelines in `segmentation_data.py`);
+  `task="detection"`: keras-hub's RetinaNet, COCO mAP from pycocotools
+  (`detection.py`, pipelines in `detection_data.py`).
 
 Backends: TensorFlow (tf.distribute: TPU, multi-GPU, multi-worker), JAX
 (`keras.distribution.DataParallel` over the local devices, or any

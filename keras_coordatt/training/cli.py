@@ -9,10 +9,13 @@
         --set weights=/path/to/mbv2_ca.weights.h5
     keras-coordatt train --task segmentation              # digits-seg demo
     keras-coordatt train --task segmentation --dataset tfds:oxford_iiit_pet
+    keras-coordatt train --task detection                 # digits-det demo
+    keras-coordatt train --task detection --dataset tfds:voc --image-size 320
 
 Flags override the recipe picked by `--config` (default: `digits` for the
-digits dataset, `digits_seg` for segmentation, else `paper_imagenet`); `--set KEY=VALUE` reaches every
-`TrainConfig` field. The run ends by printing the validation metrics and the
+digits dataset, `digits_seg` for segmentation, `digits_det` for detection,
+else `paper_imagenet`); `--set KEY=VALUE` reaches every `TrainConfig`
+field. The run ends by printing the validation metrics and the
 path of the saved `.keras` model.
 """
 
@@ -63,6 +66,29 @@ def build_parser():
         "backups, checkpoints and logs.",
     )
     parser.add_argument(
+        "--task", choices=TASKS,
+        help="classification (default), segmentation (DeepLabV3 on the "
+        "network; datasets digits-seg, tfds:oxford_iiit_pet, folder:PATH "
+        "with images/ and masks/) or detection (RetinaNet on the network, "
+        "COCO mAP; datasets digits-det, tfds:voc, tfds:coco)",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in the output folder from its backup",
+    )
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="0 silent, 1 progress bars, 2 a line per epoch")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as JSON and exit")
+    return parser
+
+
+def add_config_arguments(parser, model_files=False):
+    """The flags that make a `TrainConfig` (see `resolve_config`), shared by
+    `train` and `quantize`; `model_files`: `--model` may name a `.keras`
+    file."""
+    parser.add_argument(
         "--config", default=None,
         help=f"recipe ({', '.join(RECIPES)}) or JSON config file; default: "
         "digits for the digits dataset, else paper_imagenet",
@@ -74,12 +100,10 @@ def build_parser():
         "warmup_epochs=0 --set random_crop_scale=[0.5,1]",
     )
     parser.add_argument(
-        "--task", choices=TASKS,
-        help="classification (default) or segmentation (DeepLabV3 on the "
-        "network; datasets digits-seg, tfds:oxford_iiit_pet, folder:PATH "
-        "with images/ and masks/)",
+        "--model", choices=None if model_files else application_names(),
+        help=", ".join(application_names())
+        + (" or a .keras file" if model_files else ""),
     )
-    parser.add_argument("--model", choices=application_names())
     parser.add_argument("--alpha", type=float, help="width multiplier")
     parser.add_argument("--attention", choices=attention_names() + ("none",),
                         help="attention blocks (none: the plain network)")
@@ -87,7 +111,8 @@ def build_parser():
         "--dataset",
         help="digits (offline), tfds:NAME (e.g. tfds:imagenet2012, "
         "tfds:tf_flowers), folder:PATH or npz:PATH; for segmentation "
-        "digits-seg (offline), tfds:oxford_iiit_pet or folder:PATH",
+        "digits-seg (offline), tfds:oxford_iiit_pet or folder:PATH; for "
+        "detection digits-det (offline), tfds:voc or tfds:coco",
     )
     parser.add_argument("--data-dir", help="tensorflow-datasets data dir")
     parser.add_argument(
@@ -114,15 +139,6 @@ def build_parser():
                         help="also back up every STEPS steps mid-epoch")
     parser.add_argument("--deterministic", action="store_true",
                         default=None, help="reproducible (slower) run")
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="continue the run in the output folder from its backup",
-    )
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="0 silent, 1 progress bars, 2 a line per epoch")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as JSON and exit")
-    return parser
 
 
 def resolve_config(args):
@@ -148,6 +164,8 @@ def _default_recipe(task, dataset):
     """The recipe without `--config`: the demo of the dataset or task."""
     if task == "segmentation" or dataset == "digits-seg":
         return "digits_seg"
+    if task == "detection" or dataset == "digits-det":
+        return "digits_det"
     return "digits" if dataset in (None, "digits") else "paper_imagenet"
 
 

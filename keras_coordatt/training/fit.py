@@ -15,7 +15,7 @@ Files of a run (`output_dir`, default `runs/{model}-{dataset}`):
     training_log.csv              per-epoch metrics and learning rate
     training_log_frozen.csv       (transfer) the frozen-backbone phase
     logs/                         TensorBoard
-    checkpoints/best.keras        best validation accuracy (mean IoU) so far
+    checkpoints/best.keras        best validation accuracy (mean IoU, mAP)
     checkpoints/last.keras        end of the last epoch
     backup/                       resumable state while the run is unfinished
     model.keras                   the final model
@@ -49,6 +49,8 @@ import tensorflow as tf
 
 from keras_coordatt.training import callbacks as callbacks_lib
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training import detection
+from keras_coordatt.training import detection_data
 from keras_coordatt.training import segmentation
 from keras_coordatt.training import segmentation_data
 from keras_coordatt.training.batchnorm import _batchnorm_layers
@@ -77,9 +79,11 @@ MODEL_FILE = "model.keras"
 _MESSAGE_LIMIT = 300  # characters of a wrapped error's message.
 # By `TrainConfig.task`: the input pipelines' module (the same functions and
 # arguments) and the validation metric of the best checkpoint.
-_TASK_DATA = {"classification": data_lib, "segmentation": segmentation_data}
+_TASK_DATA = {"classification": data_lib, "segmentation": segmentation_data,
+              "detection": detection_data}
 _TASK_MONITOR = {"classification": "val_accuracy",
-                 "segmentation": segmentation.MONITOR}
+                 "segmentation": segmentation.MONITOR,
+                 "detection": detection.MONITOR}
 
 
 class TrainingError(ValueError):
@@ -121,7 +125,8 @@ class TrainResult:
         model: the trained Keras model.
         metrics: final evaluation on the validation data (`loss`,
             `accuracy`, `top5_accuracy` with more than 5 classes; for
-            segmentation `loss`, `mean_iou`, `pixel_accuracy`).
+            segmentation `loss`, `mean_iou`, `pixel_accuracy`; for
+            detection the losses and the COCO `map`, `map_50`).
         model_path: the saved `.keras` model.
         output_dir: the run's folder.
         history: per-epoch logs (lists by metric) of every epoch this call
@@ -227,10 +232,11 @@ class _Run:
     backbone: Optional[keras.Model] = None
     best: Optional[float] = None
     user_callbacks: list = dataclasses.field(default_factory=list)
+    given_model: object = None  # `train(model=...)`: a model or a builder.
 
 
 def train(config="digits", *, overrides=None, strategy=None, source=None,
-          resume=False, verbose="auto", callbacks=None):
+          resume=False, verbose="auto", callbacks=None, model=None):
     """Trains (or fine-tunes) a model as `config` says.
 
     Args:
@@ -248,6 +254,12 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
             line per epoch).
         callbacks: Keras callbacks added to the run's own in every `fit`
             (e.g. a timer).
+        model: a Keras model to train instead of building `config.model`
+            (e.g. a QAT twin), or a function returning one, called in the
+            strategy's scope (a model built outside it trains only under
+            the default strategy). Its inputs must match the pipelines'
+            (`config.image_size`, `config.model`'s preprocessing); a new
+            run only (no `transfer` phases).
 
     Returns:
         A `TrainResult`.
@@ -265,6 +277,7 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
     if isinstance(run, TrainResult):
         return run
     run.user_callbacks = list(callbacks or [])
+    run.given_model = _check_given_model(model, config)
     try:
         _load_inputs(run, source)
         phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
@@ -361,19 +374,11 @@ def _check_same_state(strategy, state, output_dir):
 def _load_inputs(run, source):
     """Seeds, the image source and the training / validation pipelines."""
     config, state, strategy = run.config, run.state, run.strategy
-    data = _TASK_DATA[config.task]
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if source is None:
-        source = data.load_source(
-            config.dataset, image_size=config.image_size,
-            validation_fraction=config.validation_fraction, seed=config.seed,
-            data_dir=config.data_dir, manual_dir=config.manual_dir,
-            download=config.download, train_split=config.train_split,
-            val_split=config.val_split,
-            eval_crop_fraction=config.eval_crop_fraction,
-        )
+        source = load_config_source(config)
     run.source = source
     run.global_batch = global_batch = config.per_replica_batch_size * (
         strategy.num_replicas_in_sync
@@ -381,29 +386,54 @@ def _load_inputs(run, source):
     run.steps_per_epoch = source.train_examples // global_batch
     _check_steps(run)
     run.one_hot = source.num_classes if config.label_smoothing else None
-    preprocess = preprocess_for(config.model)
     # A resumed run must not replay the data order of the run's start.
     data_seed = config.seed + (
         1_000_003 * state["phase"] + state["iterations"] if state else 0
     )
-    run.train_data = data.train_dataset(
+    run.train_data, run.val_data = input_pipelines(
+        config, source, global_batch, strategy=strategy, seed=data_seed,
+        num_classes=run.one_hot, drop_remainder=run.kind == "tpu",
+        pad_to_multiple=(strategy.num_replicas_in_sync if isinstance(
+            strategy, DistributionStrategy) else 1),
+    )
+    run.worker_batch = _worker_batch(run.train_data)
+
+
+def load_config_source(config):
+    """The image source `config.dataset` names (the task's loader)."""
+    return _TASK_DATA[config.task].load_source(
+        config.dataset, image_size=config.image_size,
+        validation_fraction=config.validation_fraction, seed=config.seed,
+        data_dir=config.data_dir, manual_dir=config.manual_dir,
+        download=config.download, train_split=config.train_split,
+        val_split=config.val_split,
+        eval_crop_fraction=config.eval_crop_fraction,
+    )
+
+
+def input_pipelines(config, source, global_batch, *, strategy=None, seed=None,
+                    num_classes=None, drop_remainder=False, pad_to_multiple=1):
+    """`(train, validation)` datasets of `source` as `config` augments,
+    crops and preprocesses them (see `data.train_dataset`,
+    `data.eval_dataset`)."""
+    data = _TASK_DATA[config.task]
+    preprocess = preprocess_for(config.model)
+    train_data = data.train_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, strategy=strategy,
         scale=config.random_crop_scale, ratio=config.random_crop_ratio,
         horizontal_flip=config.horizontal_flip,
         shuffle_buffer=config.shuffle_buffer, cache=config.cache,
-        seed=data_seed, deterministic=config.deterministic,
-        num_classes=run.one_hot,
+        seed=config.seed if seed is None else seed,
+        deterministic=config.deterministic, num_classes=num_classes,
     )
-    run.worker_batch = _worker_batch(run.train_data)
-    run.val_data = data.eval_dataset(
+    val_data = data.eval_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
         preprocess=preprocess, crop_fraction=config.eval_crop_fraction,
-        cache=config.cache, drop_remainder=run.kind == "tpu",
-        num_classes=run.one_hot, pad_to_multiple=(
-            strategy.num_replicas_in_sync
-            if isinstance(strategy, DistributionStrategy) else 1),
+        cache=config.cache, drop_remainder=drop_remainder,
+        num_classes=num_classes, pad_to_multiple=pad_to_multiple,
     )
+    return train_data, val_data
 
 
 def _worker_batch(dataset):
@@ -441,16 +471,45 @@ def _check_steps(run):
         )
 
 
+def _check_given_model(model, config):
+    if model is None:
+        return None
+    if not (isinstance(model, keras.Model) or callable(model)):
+        raise ValueError(
+            "`model` must be a keras.Model or a function returning one. "
+            f"Received: model={type(model).__name__}"
+        )
+    if config.transfer or config.task != "classification":
+        raise ValueError(
+            "`model` trains as it is: it takes no transfer phases or task "
+            f"head. Received: transfer={config.transfer}, "
+            f"task={config.task!r} with a given model"
+        )
+    return model
+
+
 def _build(run):
     """The model, in the strategy's scope; the run's config file."""
     config = run.config
     with run.strategy.scope():
-        if config.task == "segmentation":
+        if run.given_model is not None:
+            given = run.given_model
+            run.model = given if isinstance(given, keras.Model) else given()
+            run.backbone = None
+        elif config.task == "segmentation":
             run.model, run.backbone = segmentation.build_segmenter(
                 config.model, run.source.num_classes,
                 image_size=config.image_size, alpha=config.alpha,
                 weights=config.weights, reduction=config.reduction,
                 attention=config.attention, transfer=config.transfer,
+            )
+        elif config.task == "detection":
+            run.model, run.backbone = detection.build_detector(
+                config.model, run.source.num_classes,
+                image_size=config.image_size, alpha=config.alpha,
+                weights=config.weights, reduction=config.reduction,
+                attention=config.attention, transfer=config.transfer,
+                anchor_size=config.anchor_size,
             )
         else:
             run.model, run.backbone = build_model(
@@ -501,20 +560,32 @@ def _compile(run, phase):
             weight_decay=config.weight_decay,
         )
         model.compile(
-            optimizer=optimizer, loss=_loss(config, run.one_hot),
-            # Weighted: the zero-weight padding of a JAX mesh's evaluation
-            # batches (`data.eval_dataset`) must not count.
-            weighted_metrics=_metrics(model, run.one_hot, config.task),
-            # Not "auto": keras-hub tasks (the segmenter) would add their
-            # default metrics.
-            metrics=None,
-            jit_compile=run.jit_compile,
+            optimizer=optimizer, jit_compile=run.jit_compile,
             steps_per_execution=config.steps_per_execution,
+            **_loss_and_metrics(run),
         )
         # Creating the optimizer's variables now, not in the first step,
         # spares tf.function a second trace of the train step (it re-traces
         # functions that create variables): half the start-up time.
         model.optimizer.build(model.trainable_variables)
+
+
+def _loss_and_metrics(run):
+    """`compile`'s task arguments."""
+    config = run.config
+    if config.task == "detection":
+        # keras-hub's RetinaNet losses (its `compile` defaults); its
+        # `compile` takes no metrics: the mAP is a callback (`_run_phase`).
+        return {}
+    return dict(
+        loss=_loss(config, run.one_hot),
+        # Weighted: the zero-weight padding of a JAX mesh's evaluation
+        # batches (`data.eval_dataset`) must not count.
+        weighted_metrics=_metrics(run.model, run.one_hot, config.task),
+        # Not "auto": keras-hub tasks (the segmenter) would add their
+        # default metrics.
+        metrics=None,
+    )
 
 
 def _run_phase(run, phase, index, verbose):
@@ -534,6 +605,9 @@ def _run_phase(run, phase, index, verbose):
     state = run.state if run.state and index == run.state["phase"] else None
     epoch, step = _restore(run, phase, index, state, tag, extra)
     history = {}
+    if run.config.task == "detection":
+        # First: the checkpoints and logs read the mAP it adds.
+        callbacks.insert(0, detection.MeanAveragePrecision(run.val_data))
     fit = dict(
         x=run.train_data, validation_data=run.val_data,
         callbacks=callbacks + run.user_callbacks, verbose=verbose,
@@ -597,6 +671,8 @@ def _finish(run, history, learning_rate):
             _average_batchnorm_over_workers(model, run.strategy)
     with _failures(run, "The final evaluation"):
         metrics = model.evaluate(run.val_data, return_dict=True, verbose=0)
+        if config.task == "detection":
+            metrics.update(detection.evaluate(model, run.val_data))
     with _failures(run, "Saving the model"):
         model.save(os.path.join(run.run_dir, MODEL_FILE))
     result = TrainResult(
@@ -781,7 +857,7 @@ def _completed(run_dir):
 
 def _result_from_file(data, config, started):
     model = None
-    if config.task == "segmentation":
+    if config.task in ("segmentation", "detection"):
         import keras_coordatt.hub  # noqa: F401  (registers the backbones)
     if os.path.exists(data["model_path"]):
         model = keras.saving.load_model(data["model_path"])

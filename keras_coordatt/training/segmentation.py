@@ -66,6 +66,25 @@ def hub_backbone_class(name):
     return next(cls for cls in classes if cls.application is application)
 
 
+def hub_encoder(name, *, image_size, alpha=1.0, weights=None,
+                reduction=None, attention=True):
+    """The keras-hub backbone of `name` (any input size), with `weights`
+    (`None`, `"imagenet"` or a file of the network without its top) loaded
+    through the application's own checks at `image_size`; the encoder of
+    the dense tasks' heads."""
+    kind = validate_attention(attention)
+    encoder = hub_backbone_class(name)(
+        alpha=alpha, reduction=reduction, attention=kind)
+    if weights is not None:
+        pretrained = get_application(name)(
+            input_shape=(image_size, image_size, 3), alpha=alpha,
+            include_top=False, weights=weights, reduction=reduction,
+            attention=kind,
+        )
+        encoder.set_weights(pretrained.get_weights())
+    return encoder
+
+
 def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
                     weights=None, reduction=None, attention=True,
                     transfer=False):
@@ -96,16 +115,9 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
     """
     import keras_hub
 
-    kind = validate_attention(attention)
-    encoder = hub_backbone_class(name)(
-        alpha=alpha, reduction=reduction, attention=kind)
-    if weights is not None:
-        pretrained = get_application(name)(
-            input_shape=(image_size, image_size, 3), alpha=alpha,
-            include_top=False, weights=weights, reduction=reduction,
-            attention=kind,
-        )
-        encoder.set_weights(pretrained.get_weights())
+    encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
+                          weights=weights, reduction=reduction,
+                          attention=attention)
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder, image_shape=(image_size, image_size, 3),
         dilation_rates=aspp_dilation_rates(image_size), **DEEPLAB)

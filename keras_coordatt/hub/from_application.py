@@ -1,0 +1,107 @@
+"""An application model as keras-hub objects, weights copied by layer name.
+
+`keras-coordatt export --format keras-hub` writes what this returns with
+keras-hub's own `save_to_preset`, so the folder loads with
+`keras_hub.models.ImageClassifier.from_preset` / `Backbone.from_preset` and
+uploads with `keras_hub.upload_preset`.
+"""
+
+import keras
+
+from keras_coordatt.hub.backbone import MobileNetV2CABackbone
+from keras_coordatt.hub.backbone import MobileNeXtCABackbone
+from keras_coordatt.hub.image_classifier import MobileNetV2CAImageClassifier
+from keras_coordatt.hub.image_classifier import MobileNeXtCAImageClassifier
+from keras_coordatt.hub.image_classifier_preprocessor import (
+    MobileNetV2CAImageClassifierPreprocessor,
+)
+from keras_coordatt.hub.image_classifier_preprocessor import (
+    MobileNeXtCAImageClassifierPreprocessor,
+)
+from keras_coordatt.hub.image_converter import MobileNetV2CAImageConverter
+from keras_coordatt.hub.image_converter import MobileNeXtCAImageConverter
+from keras_coordatt.utils.layer_weights import copy_weights_by_name
+
+# Registered application name -> (backbone, classifier, preprocessor,
+# converter) classes.
+HUB_CLASSES = {
+    "mobilenetv2_ca": (MobileNetV2CABackbone, MobileNetV2CAImageClassifier,
+                       MobileNetV2CAImageClassifierPreprocessor,
+                       MobileNetV2CAImageConverter),
+    "mobilenext_ca": (MobileNeXtCABackbone, MobileNeXtCAImageClassifier,
+                      MobileNeXtCAImageClassifierPreprocessor,
+                      MobileNeXtCAImageConverter),
+}
+
+
+def hub_model(model, model_name, *, alpha, reduction=None, attention="ca"):
+    """The keras-hub twin of an application model, with its weights.
+
+    Args:
+        model: a `MobileNetV2CA` / `MobileNeXtCA` model: with its classifier
+            (`include_top=True`: an `ImageClassifier` is returned, its
+            preprocessor resizing to the model's input size) or without
+            (a `Backbone`, any input size).
+        model_name: its registered name (`"mobilenetv2_ca"`, ...).
+        alpha, reduction, attention: the arguments it was built with.
+
+    Returns:
+        A keras-hub `ImageClassifier` or `Backbone`.
+
+    Raises:
+        ValueError: an unknown `model_name`, or layers of the twin that
+            `model` lacks or holds with other shapes (all named at once:
+            built with other alpha / attention / reduction).
+    """
+    if model_name not in HUB_CLASSES:
+        raise ValueError(
+            f"No keras-hub classes for this model. Received: model_name="
+            f"{model_name!r}; accepted: {', '.join(HUB_CLASSES)}"
+        )
+    backbone_cls, classifier_cls, preprocessor_cls, converter_cls = (
+        HUB_CLASSES[model_name])
+    backbone = backbone_cls(alpha=alpha, reduction=reduction,
+                            attention=attention)
+    pairs = [(layer, layer.name) for layer in backbone.layers]
+    result = backbone
+    if _has_layer(model, "predictions"):
+        dense = model.get_layer("predictions")
+        size = tuple(model.inputs[0].shape[1:3])
+        result = classifier_cls(
+            backbone=backbone, num_classes=dense.units,
+            activation=_activation_name(dense.activation), pooling="avg",
+            dropout=model.get_layer("dropout").rate,
+            preprocessor=preprocessor_cls(converter_cls(image_size=size)),
+        )
+        pairs.append((result.output_dense, "predictions"))
+    copy_weights_by_name(model, pairs)
+    return result
+
+
+def _activation_name(activation):
+    name = keras.activations.serialize(activation)
+    name = name if isinstance(name, str) else name.get("config", name)
+    return None if name == "linear" else name
+
+
+def _has_layer(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def predict_hub_preset(directory, images):
+    """Loads a keras-hub preset folder (a task or a backbone) and runs it on
+    preprocessed images: a task's outputs, or a backbone's pooled features.
+    """
+    import os
+
+    import keras_hub
+    import numpy as np
+
+    images = keras.ops.convert_to_tensor(np.asarray(images, "float32"))
+    if os.path.exists(os.path.join(directory, "task.json")):
+        task = keras_hub.models.ImageClassifier.from_preset(directory)
+        # Calling the task runs backbone and head, not the preprocessor.
+        return np.asarray(task(images, training=False))
+    backbone = keras_hub.models.Backbone.from_preset(directory)
+    features = backbone(images, training=False)
+    return np.asarray(keras.ops.mean(features, axis=(1, 2)))
