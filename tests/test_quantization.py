@@ -406,6 +406,7 @@ _JAX_SCRIPT = r"""
 import os, sys
 import keras, numpy as np
 assert keras.backend.backend() == "jax"
+from keras_coordatt import MobileNetV2CA
 from keras_coordatt import quantization as q
 from keras_coordatt.quantization.data import load_digits
 keras.utils.set_random_seed(0)
