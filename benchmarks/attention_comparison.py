@@ -215,16 +215,9 @@ def limit_source(source, train=None, val=None, seed=0):
 
 
 def load_data(args, config):
-    from keras_coordatt.training import load_source
+    from keras_coordatt.training.fit import load_config_source
 
-    source = load_source(
-        config.dataset, image_size=config.image_size,
-        validation_fraction=config.validation_fraction, seed=args.split_seed,
-        data_dir=config.data_dir, manual_dir=config.manual_dir,
-        download=config.download, train_split=config.train_split,
-        val_split=config.val_split,
-        eval_crop_fraction=config.eval_crop_fraction,
-    )
+    source = load_config_source(config.replace(seed=args.split_seed))
     return limit_source(source, args.limit_train, args.limit_val,
                         args.split_seed)
 
