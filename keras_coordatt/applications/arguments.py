@@ -15,9 +15,6 @@ from keras_coordatt.layers.registry import attention_names
 
 # Square sizes that select a default input size, as in keras.applications.
 DEFAULT_SIZES = (96, 128, 160, 192, 224)
-# `attention=`: a registered kind, True ("ca"), False / None (no blocks), or
-# a callable `f(channels) -> layer` (not listed here).
-ATTENTION_CHOICES = (True, False, None) + attention_names()
 
 
 def validate_arguments(weights, include_top, classes, alpha, pooling,
@@ -88,7 +85,8 @@ def validate_classes(classes, include_top):
 
 
 def validate_attention(attention):
-    """Checks `attention` against `ATTENTION_CHOICES` (or a callable).
+    """Checks `attention`: True, False, None, a registered kind or a
+    callable.
 
     Returns:
         A registered kind (`"ca"` for True), the callable, or `None` (False
@@ -97,10 +95,12 @@ def validate_attention(attention):
     if callable(attention) and not isinstance(attention, type):
         return attention
     # `in` compares with ==, which would let 1, 0 and 0.0 pass as booleans.
+    # The registry is read now: kinds registered after import count.
+    choices = (True, False, None) + attention_names()
     if not (isinstance(attention, (bool, str, type(None)))
-            and attention in ATTENTION_CHOICES):
+            and attention in choices):
         raise ValueError(
-            f"`attention` must be one of {ATTENTION_CHOICES} or a callable "
+            f"`attention` must be one of {choices} or a callable "
             "that returns a layer for a channel count. "
             f"Received: attention={attention!r}"
         )

@@ -35,7 +35,7 @@ from keras_coordatt.quantization.layers import QuantCBAM
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
 from keras_coordatt.quantization.layers import QuantSqueezeExcitation
 from keras_coordatt.quantization.layers import QuantDense
-from keras_coordatt.quantization.qat import SUPPORTED_LAYERS
+from keras_coordatt.quantization.qat import supported_layers
 from keras_coordatt.quantization.qat import calibrate
 from keras_coordatt.quantization.qat import quantize_model
 from keras_coordatt.quantization.segmenter import evaluate_segmenter_tflite
@@ -53,7 +53,7 @@ __all__ = [
     "QuantCoordinateAttention",
     "QuantSqueezeExcitation",
     "QuantDense",
-    "SUPPORTED_LAYERS",
+    "supported_layers",
     "application_arguments",
     "calibrate",
     "check_int8",

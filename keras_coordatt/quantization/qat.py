@@ -13,8 +13,9 @@
   the 1/6 folded into the gate kernels, which are quantized per tensor);
   `SqueezeExcitation` and `CBAM` become `QuantSqueezeExcitation` and
   `QuantCBAM` (their ReLU fused, gate kernels per tensor, CBAM's spatial
-  BatchNorm folded into its convolution); `_ATTENTION_TWINS` maps each
-  attention class to its twin;
+  BatchNorm folded into its convolution); every attention kind's twin
+  comes from its registered spec (`layers.registry.register_attention`,
+  `quantize=`);
 - `Add`, `Multiply`, `Concatenate`, `GlobalAveragePooling2D`, standalone
   activations and the model input get an `ActivationQuantizer` after them;
 - `ZeroPadding2D`, `Dropout`, `Flatten`, `Reshape`, max pools are copied
@@ -28,9 +29,8 @@ model with `keras_coordatt.quantization.convert_qat`.
 import keras
 import numpy as np
 
-from keras_coordatt.layers import CBAM
-from keras_coordatt.layers import CoordinateAttention
-from keras_coordatt.layers import SqueezeExcitation
+from keras_coordatt.layers.registry import attention_specs
+from keras_coordatt.layers.registry import spec_of_layer
 from keras_coordatt.quantization.layers import FUSED_ACTIVATIONS
 from keras_coordatt.quantization.layers import ActivationQuantizer
 from keras_coordatt.quantization.layers import QuantCBAM
@@ -54,10 +54,9 @@ _QUANTIZED_AFTER = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.AveragePooling2D,
 )
-SUPPORTED_LAYERS = (
+_SUPPORTED = (
     "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization (after a "
-    "convolution)", "ReLU", "Activation", "Dense", "CoordinateAttention",
-    "SqueezeExcitation", "CBAM",
+    "convolution)", "ReLU", "Activation", "Dense",
 ) + tuple(c.__name__ for c in _COPIED + _QUANTIZED_AFTER)
 
 
@@ -177,7 +176,7 @@ def _quant_dense(layer, momentum):
     return new, [kernel, bias]
 
 
-def _quant_coordinate_attention(layer, momentum):
+def twin_coordinate_attention(layer, momentum):
     _check_channels_last(layer)
     if _activation_name(layer.activation) not in ("hard_swish", "hard_silu"):
         raise ValueError(
@@ -208,7 +207,7 @@ def _bottleneck_activation(layer):
     return name
 
 
-def _quant_squeeze_excitation(layer, momentum):
+def twin_squeeze_excitation(layer, momentum):
     _check_channels_last(layer)
     gate = _activation_name(layer.gate_activation)
     if gate != "sigmoid":
@@ -225,7 +224,7 @@ def _quant_squeeze_excitation(layer, momentum):
     return new, _fold(layer.reduce, None) + _fold(layer.expand, None)
 
 
-def _quant_cbam(layer, momentum):
+def twin_cbam(layer, momentum):
     _check_channels_last(layer)
     new = QuantCBAM(
         layer.channels, layer.hidden_channels,
@@ -241,20 +240,27 @@ def _quant_cbam(layer, momentum):
     return new, (kernel, bias, e_kernel, 2.0 * e_bias, s_kernel, s_bias)
 
 
-# Float attention class -> the builder of its twin and weights.
-_ATTENTION_TWINS = {
-    CoordinateAttention: _quant_coordinate_attention,
-    SqueezeExcitation: _quant_squeeze_excitation,
-    CBAM: _quant_cbam,
-}
-
-
 def _attention_twin(layer):
-    """The twin builder for `layer`'s class (or a base class), or None."""
-    for cls in type(layer).__mro__:
-        if cls in _ATTENTION_TWINS:
-            return _ATTENTION_TWINS[cls]
-    return None
+    """The registered twin builder of `layer`'s attention kind; None for a
+    layer of no registered kind; a ValueError for a kind without one."""
+    spec = spec_of_layer(layer)
+    if spec is None:
+        return None
+    builder = spec.quantize_builder()
+    if builder is None:
+        raise ValueError(
+            f"quantize_model cannot quantize layer {layer.name!r}: the "
+            f"attention kind {spec.name!r} ({type(layer).__name__}) was "
+            "registered without a quantization-aware twin. Register it "
+            "with `register_attention(..., quantize=builder)`."
+        )
+    return builder
+
+
+def supported_layers():
+    """The layer types `quantize_model` accepts, for messages."""
+    return _SUPPORTED + tuple(s.layer.__name__ for s in attention_specs()
+                              if s.quantize is not None)
 
 
 def _graph_nodes(model):
@@ -319,7 +325,7 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
     Args:
         model: a functional `keras.Model` (e.g. `MobileNetV2CA`,
             `MobileNeXtCA`) in channels_last layout, built from the layers
-            listed in `SUPPORTED_LAYERS`.
+            listed by `supported_layers()`.
         calibration_data: optional images (numpy array, or an iterable /
             `tf.data.Dataset` of batches or `(images, labels)` batches) used
             to initialise the activation ranges.
@@ -435,7 +441,7 @@ class _Rebuild:
             raise ValueError(
                 f"quantize_model cannot quantize layer {layer.name!r} of "
                 f"type {type(layer).__name__}. Accepted: "
-                f"{', '.join(SUPPORTED_LAYERS)}."
+                f"{', '.join(supported_layers())}."
             )
         copy = layer.__class__.from_config(layer.get_config())
         if isinstance(layer, _COPIED):

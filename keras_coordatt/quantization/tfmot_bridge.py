@@ -35,13 +35,12 @@ import numpy as np
 
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.applications.registry import get_application
-from keras_coordatt.layers.registry import ATTENTIONS
+from keras_coordatt.layers.registry import attention_specs
+from keras_coordatt.layers.registry import spec_of_layer
 from keras_coordatt.quantization.qat import check_functional
 
 APPLICATION_FILE = "application.json"
 WEIGHTS_FILE = "weights.npz"
-# The attention kinds the tf_keras network has a layer for.
-TF_KERAS_ATTENTIONS = ("ca",)
 INSTALL_HINT = 'pip install "keras-coordatt[tfmot]"'
 _EXTRA_MODULES = ("tensorflow_model_optimization", "tf_keras")
 # Builds per constructor while searching alpha: 1.0, then the ratios of the
@@ -81,14 +80,16 @@ def _read_arguments(model):
         arguments.update(include_top=False, pooling=(
             "avg" if "avg_pool" in layers
             else "max" if "max_pool" in layers else None))
-    found = [(kind, layer) for layer in model.layers
-             for kind, cls in ATTENTIONS.items() if type(layer) is cls]
+    found = [(spec_of_layer(layer).name, layer) for layer in model.layers
+             if spec_of_layer(layer) is not None]
     kind = found[0][0] if found else None
-    if kind not in (None, *TF_KERAS_ATTENTIONS):
+    accepted = [spec.name for spec in attention_specs() if spec.tf_keras]
+    if kind not in (None, *accepted):
         raise ValueError(
-            "The tfmot recipe has tf_keras layers for coordinate attention "
-            f"only. Received: a model with attention {kind!r}; accepted: "
-            f"{', '.join(map(repr, TF_KERAS_ATTENTIONS))} or none"
+            "The tfmot recipe has tf_keras layers for the attention kinds "
+            f"{', '.join(map(repr, accepted))} only. Received: a model with "
+            f"attention {kind!r}; accepted: "
+            f"{', '.join(map(repr, accepted))} or none"
         )
     arguments["attention"] = kind
     arguments["reduction"] = found[0][1].reduction if found else None

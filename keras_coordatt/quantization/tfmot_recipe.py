@@ -245,9 +245,26 @@ class CoordinateAttention:
         return L.Multiply(name=f"{n}_mul_w")([out, gates[1]])
 
 
+def _tf_keras_attentions():
+    """Kind -> tf_keras twin of every registered kind that has one. A twin
+    defined here is taken from this module's globals: run as `python -m`,
+    this module is `__main__`, and importing it by name would load a second
+    copy whose layer classes the saved models do not name."""
+    from keras_coordatt.layers.registry import attention_specs
+
+    this = "keras_coordatt.quantization.tfmot_recipe"
+    twins = {}
+    for spec in attention_specs():
+        if spec.tf_keras:
+            module, _, attr = spec.tf_keras.partition(":")
+            twins[spec.name] = (globals()[attr] if module == this
+                                else spec.tf_keras_layer())
+    return twins
+
+
 if IMPORT_ERROR is None:
     TF_KERAS = Namespace(tf_keras.layers, tf_keras.Model,
-                         {"ca": CoordinateAttention}, lambda: "channels_last")
+                         _tf_keras_attentions(), lambda: "channels_last")
 
 
 # ------------------------------------------------------------ the network

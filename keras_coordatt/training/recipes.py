@@ -30,7 +30,6 @@ MODEL_NAMES = application_names()
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-ATTENTIONS = (True, False) + attention_names()
 TASKS = ("classification", "segmentation", "detection")
 # Datasets that hold one kind of target only: the task they need.
 DATASET_TASKS = {"digits": "classification", "digits-seg": "segmentation",
@@ -227,7 +226,8 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
-        _choice("attention", self.attention, ATTENTIONS)
+        _choice("attention", self.attention,
+                (True, False) + attention_names())
         if isinstance(self.jit_compile, str):
             _choice("jit_compile", self.jit_compile, ("auto", True, False))
         for name in ("alpha", "base_learning_rate", "eval_crop_fraction",
