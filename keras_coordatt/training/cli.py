@@ -30,9 +30,10 @@ from keras_coordatt.training.fit import train
 from keras_coordatt.training.recipes import PRECISIONS
 from keras_coordatt.training.recipes import RECIPES
 from keras_coordatt.training.recipes import STRATEGY_NAMES
-from keras_coordatt.training.recipes import TASKS
 from keras_coordatt.training.recipes import get_config
 from keras_coordatt.training.recipes import parse_overrides
+from keras_coordatt.training.tasks import default_recipe
+from keras_coordatt.training.tasks import task_names
 
 # Flag -> TrainConfig field.
 _FLAG_FIELDS = {
@@ -66,7 +67,7 @@ def build_parser():
         "backups, checkpoints and logs.",
     )
     parser.add_argument(
-        "--task", choices=TASKS,
+        "--task", choices=task_names(),
         help="classification (default), segmentation (DeepLabV3 on the "
         "network; datasets digits-seg, tfds:oxford_iiit_pet, folder:PATH "
         "with images/ and masks/) or detection (RetinaNet on the network, "
@@ -143,7 +144,7 @@ def add_config_arguments(parser, model_files=False):
 
 def resolve_config(args):
     """The `TrainConfig` of parsed arguments: recipe, --set, then flags."""
-    name = args.config or _default_recipe(args.task, args.dataset)
+    name = args.config or default_recipe(args.task, args.dataset)
     overrides = parse_overrides(args.overrides)
     for flag, field in _FLAG_FIELDS.items():
         value = getattr(args, flag)
@@ -158,15 +159,6 @@ def resolve_config(args):
     if args.attention is not None:
         overrides["attention"] = args.attention != "none" and args.attention
     return get_config(name, overrides)
-
-
-def _default_recipe(task, dataset):
-    """The recipe without `--config`: the demo of the dataset or task."""
-    if task == "segmentation" or dataset == "digits-seg":
-        return "digits_seg"
-    if task == "detection" or dataset == "digits-det":
-        return "digits_det"
-    return "digits" if dataset in (None, "digits") else "paper_imagenet"
 
 
 def main(argv=None):

@@ -48,17 +48,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.training import callbacks as callbacks_lib
-from keras_coordatt.training import data as data_lib
-from keras_coordatt.training import detection
-from keras_coordatt.training import detection_data
-from keras_coordatt.training import segmentation
-from keras_coordatt.training import segmentation_data
 from keras_coordatt.training.batchnorm import _batchnorm_layers
 from keras_coordatt.training.batchnorm import recalibrate_batchnorm
 from keras_coordatt.training.distribution import DistributionStrategy
 from keras_coordatt.training.distribution import as_strategy
 from keras_coordatt.training.distribution import run_scope
-from keras_coordatt.training.models import build_model
 from keras_coordatt.training.models import preprocess_for
 from keras_coordatt.training.optimizers import build_optimizer
 from keras_coordatt.training.precision import resolve_jit_compile
@@ -72,18 +66,12 @@ from keras_coordatt.training.strategy import device_kind
 from keras_coordatt.training.strategy import get_strategy
 from keras_coordatt.training.strategy import is_multi_worker
 from keras_coordatt.training.strategy import worker_dir
+from keras_coordatt.training.tasks import get_task
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 _MESSAGE_LIMIT = 300  # characters of a wrapped error's message.
-# By `TrainConfig.task`: the input pipelines' module (the same functions and
-# arguments) and the validation metric of the best checkpoint.
-_TASK_DATA = {"classification": data_lib, "segmentation": segmentation_data,
-              "detection": detection_data}
-_TASK_MONITOR = {"classification": "val_accuracy",
-                 "segmentation": segmentation.MONITOR,
-                 "detection": detection.MONITOR}
 
 
 class TrainingError(ValueError):
@@ -401,7 +389,7 @@ def _load_inputs(run, source):
 
 def load_config_source(config):
     """The image source `config.dataset` names (the task's loader)."""
-    return _TASK_DATA[config.task].load_source(
+    return get_task(config.task).data_module().load_source(
         config.dataset, image_size=config.image_size,
         validation_fraction=config.validation_fraction, seed=config.seed,
         data_dir=config.data_dir, manual_dir=config.manual_dir,
@@ -416,7 +404,7 @@ def input_pipelines(config, source, global_batch, *, strategy=None, seed=None,
     """`(train, validation)` datasets of `source` as `config` augments,
     crops and preprocesses them (see `data.train_dataset`,
     `data.eval_dataset`)."""
-    data = _TASK_DATA[config.task]
+    data = get_task(config.task).data_module()
     preprocess = preprocess_for(config.model)
     train_data = data.train_dataset(
         source, image_size=config.image_size, global_batch_size=global_batch,
@@ -479,7 +467,7 @@ def _check_given_model(model, config):
             "`model` must be a keras.Model or a function returning one. "
             f"Received: model={type(model).__name__}"
         )
-    if config.transfer or config.task != "classification":
+    if config.transfer or not get_task(config.task).given_model:
         raise ValueError(
             "`model` trains as it is: it takes no transfer phases or task "
             f"head. Received: transfer={config.transfer}, "
@@ -496,31 +484,9 @@ def _build(run):
             given = run.given_model
             run.model = given if isinstance(given, keras.Model) else given()
             run.backbone = None
-        elif config.task == "segmentation":
-            run.model, run.backbone = segmentation.build_segmenter(
-                config.model, run.source.num_classes,
-                image_size=config.image_size, alpha=config.alpha,
-                weights=config.weights, reduction=config.reduction,
-                attention=config.attention, transfer=config.transfer,
-            )
-        elif config.task == "detection":
-            run.model, run.backbone = detection.build_detector(
-                config.model, run.source.num_classes,
-                image_size=config.image_size, alpha=config.alpha,
-                weights=config.weights, reduction=config.reduction,
-                attention=config.attention, transfer=config.transfer,
-                anchor_size=config.anchor_size,
-            )
         else:
-            run.model, run.backbone = build_model(
-                config.model, run.source.num_classes,
-                image_size=config.image_size, alpha=config.alpha,
-                weights=config.weights, reduction=config.reduction,
-                attention=config.attention, transfer=config.transfer,
-                head_dropout=config.head_dropout,
-                finetune_batchnorm=config.finetune_batchnorm,
-                policy=run.policy,
-            )
+            run.model, run.backbone = get_task(config.task).call(
+                "build", config, run.source.num_classes, run.policy)
     if run.state is None:
         _clear_logs(run.run_dir)
     with open(os.path.join(run.run_dir, CONFIG_FILE), "w",
@@ -572,20 +538,8 @@ def _compile(run, phase):
 
 def _loss_and_metrics(run):
     """`compile`'s task arguments."""
-    config = run.config
-    if config.task == "detection":
-        # keras-hub's RetinaNet losses (its `compile` defaults); its
-        # `compile` takes no metrics: the mAP is a callback (`_run_phase`).
-        return {}
-    return dict(
-        loss=_loss(config, run.one_hot),
-        # Weighted: the zero-weight padding of a JAX mesh's evaluation
-        # batches (`data.eval_dataset`) must not count.
-        weighted_metrics=_metrics(run.model, run.one_hot, config.task),
-        # Not "auto": keras-hub tasks (the segmenter) would add their
-        # default metrics.
-        metrics=None,
-    )
+    return get_task(run.config.task).call(
+        "compile_arguments", run.config, run.model, run.one_hot)
 
 
 def _run_phase(run, phase, index, verbose):
@@ -599,15 +553,15 @@ def _run_phase(run, phase, index, verbose):
             run.run_dir, backup=run.backup, save_every=run.config.backup_every,
             phase=index, tag=tag, tensorboard=run.config.tensorboard,
             best=run.best, extra=extra,
-            monitor=_TASK_MONITOR[run.config.task],
+            monitor=get_task(run.config.task).monitor,
         )
     )
     state = run.state if run.state and index == run.state["phase"] else None
     epoch, step = _restore(run, phase, index, state, tag, extra)
     history = {}
-    if run.config.task == "detection":
-        # First: the checkpoints and logs read the mAP it adds.
-        callbacks.insert(0, detection.MeanAveragePrecision(run.val_data))
+    # First: the checkpoints and logs read the metrics they add.
+    callbacks[:0] = get_task(run.config.task).call("callbacks",
+                                                   run.val_data) or []
     fit = dict(
         x=run.train_data, validation_data=run.val_data,
         callbacks=callbacks + run.user_callbacks, verbose=verbose,
@@ -671,8 +625,8 @@ def _finish(run, history, learning_rate):
             _average_batchnorm_over_workers(model, run.strategy)
     with _failures(run, "The final evaluation"):
         metrics = model.evaluate(run.val_data, return_dict=True, verbose=0)
-        if config.task == "detection":
-            metrics.update(detection.evaluate(model, run.val_data))
+        metrics.update(get_task(config.task).call(
+            "final_metrics", model, run.val_data) or {})
     with _failures(run, "Saving the model"):
         model.save(os.path.join(run.run_dir, MODEL_FILE))
     result = TrainResult(
@@ -785,34 +739,6 @@ def one_line(error, limit=_MESSAGE_LIMIT):
     return line
 
 
-def _loss(config, one_hot):
-    # The mean over the weights: zero-weight padding (see `_compile`) does
-    # not dilute a batch's loss; unweighted batches are unchanged.
-    reduction = "mean_with_sample_weight"
-    if config.task == "segmentation":
-        return segmentation.segmentation_loss(reduction)
-    if one_hot:
-        return keras.losses.CategoricalCrossentropy(
-            label_smoothing=config.label_smoothing, reduction=reduction
-        )
-    return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
-
-
-def _metrics(model, one_hot, task="classification"):
-    classes = model.outputs[0].shape[-1]
-    if task == "segmentation":
-        return segmentation.segmentation_metrics(classes)
-    if one_hot:
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-        top = keras.metrics.TopKCategoricalAccuracy
-    else:
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        top = keras.metrics.SparseTopKCategoricalAccuracy
-    if classes > 5:
-        metrics.append(top(k=5, name="top5_accuracy"))
-    return metrics
-
-
 def _merge(history, more):
     """Appends the per-epoch lists of `more` to those of `history`."""
     for key, values in more.items():
@@ -857,7 +783,7 @@ def _completed(run_dir):
 
 def _result_from_file(data, config, started):
     model = None
-    if config.task in ("segmentation", "detection"):
+    if get_task(config.task).hub_classes:
         import keras_coordatt.hub  # noqa: F401  (registers the backbones)
     if os.path.exists(data["model_path"]):
         model = keras.saving.load_model(data["model_path"])

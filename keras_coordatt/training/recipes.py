@@ -25,27 +25,14 @@ from typing import Optional, Tuple, Union
 
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
+from keras_coordatt.training.tasks import get_task
+from keras_coordatt.training.tasks import task_names
+from keras_coordatt.training.tasks import task_of_dataset
 
 MODEL_NAMES = application_names()
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-TASKS = ("classification", "segmentation", "detection")
-# Datasets that hold one kind of target only: the task they need.
-DATASET_TASKS = {"digits": "classification", "digits-seg": "segmentation",
-                 "digits-det": "detection"}
-
-
-# The dataset forms of a task besides its offline demo.
-_TASK_FORMS = {"classification": ["tfds:NAME", "folder:PATH", "npz:PATH"],
-               "segmentation": ["tfds:NAME", "folder:PATH"],
-               "detection": ["tfds:NAME"]}
-# Why a dense task's image side is a multiple of 32.
-_STRIDE_32 = {
-    "segmentation": "DeepLabV3 upsamples the stride-32 features back to it",
-    "detection": "the feature pyramid adds every level to the 2x upsampled "
-                 "coarser one",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +208,7 @@ class TrainConfig:
         self._check()
 
     def _check(self):
-        _choice("task", self.task, TASKS)
+        _choice("task", self.task, task_names())
         _choice("model", self.model, MODEL_NAMES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
@@ -290,35 +277,34 @@ class TrainConfig:
             )
 
     def _check_task(self):
-        needed = DATASET_TASKS.get(self.dataset, self.task)
+        spec = get_task(self.task)
+        needed = task_of_dataset(self.dataset) or self.task
         if needed != self.task:
-            accepted = [name for name, task in DATASET_TASKS.items()
-                        if task == self.task] + _TASK_FORMS[self.task]
+            accepted = [spec.demo_dataset] * bool(spec.demo_dataset) + list(
+                spec.dataset_forms)
             raise ValueError(
                 f"`dataset={self.dataset!r}` is a {needed} dataset. "
                 f"Received: dataset={self.dataset!r}, task={self.task!r}; "
                 f"accepted for task={self.task!r}: {', '.join(accepted)}"
             )
-        if self.task == "classification":
-            return
-        if self.image_size % 32:
+        if spec.stride_32 and self.image_size % 32:
             raise ValueError(
                 f"`image_size` must be a multiple of 32 for {self.task} "
-                f"({_STRIDE_32[self.task]}). Received: image_size="
+                f"({spec.stride_32}). Received: image_size="
                 f"{self.image_size}, task={self.task!r}"
             )
-        if self.label_smoothing:
+        if spec.class_ids and self.label_smoothing:
             raise ValueError(
                 f"`label_smoothing` is for classification ({self.task} "
                 "targets stay class ids). Received: label_smoothing="
                 f"{self.label_smoothing}, task={self.task!r}"
             )
-        if self.task == "detection" and self.eval_crop_fraction != 1.0:
+        if spec.whole_images and self.eval_crop_fraction != 1.0:
             raise ValueError(
-                "`eval_crop_fraction` must be 1.0 for detection (evaluation "
-                "scores whole images: a crop would cut objects out of the "
-                "ground truth). Received: eval_crop_fraction="
-                f"{self.eval_crop_fraction}, task='detection'"
+                f"`eval_crop_fraction` must be 1.0 for {self.task} "
+                "(evaluation scores whole images: a crop would cut objects "
+                "out of the ground truth). Received: eval_crop_fraction="
+                f"{self.eval_crop_fraction}, task={self.task!r}"
             )
 
     def replace(self, **overrides):
