@@ -8,6 +8,7 @@ wrapper that makes the inserted blocks start as the identity.
 import keras
 from keras import tree
 
+from keras_coordatt import graph as graph_lib
 from keras_coordatt.layers.registry import ATTENTIONS
 from keras_coordatt.layers.registry import get_attention
 
@@ -136,21 +137,12 @@ def add_attention(model, after, attention="ca", identity_init=True,
     selected = _check_selection(select, names, uses)
     name_fn = name_fn or (lambda layer: f"{layer.name}_{suffix}")
     block_names = _block_names(selected, graphs, name_fn)
-    rewriter = _Rewriter(block_names, factory, identity_init, layer_kwargs)
-    return rewriter.rebuild(graph, model.name)
-
-
-def _graph(model):
-    """The `Functional` graph of a model, or None (subclassed, unbuilt)."""
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth"):
-        return model
-    return None
+    return _Insert(block_names, factory, identity_init,
+                   layer_kwargs).run(graph, model.name)
 
 
 def _graph_or_raise(model):
-    graph = _graph(model)
+    graph = graph_lib.functional(model)
     if graph is not None:
         return graph
     if isinstance(model, keras.Sequential):
@@ -215,12 +207,6 @@ def _factory(attention, layer_kwargs):
     )
 
 
-def _nodes(graph):
-    """The nodes of a functional graph, inputs first."""
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        yield from graph._nodes_by_depth[depth]
-
-
 def _survey(graph):
     """Every operation of `graph` and of the graphs nested in it.
 
@@ -234,11 +220,11 @@ def _survey(graph):
         if id(current) in graphs:
             continue
         graphs[id(current)] = []
-        for node in _nodes(current):
+        for node in graph_lib.nodes(current):
             op = node.operation
             graphs[id(current)].append(op)
             uses.setdefault(id(op), [op, []])[1].append(node)
-            inner = _graph(op)
+            inner = graph_lib.functional(op)
             if inner is not None and inner is not current:
                 pending.append(inner)
     return uses, graphs
@@ -308,58 +294,30 @@ def _is_stateless(op):
         op, keras.layers.Lambda)
 
 
-class _Rewriter:
-    """Rebuilds graphs with copied layers and the inserted blocks."""
+class _Insert(graph_lib.Rewrite):
+    """Copies every layer (weights included), nested graphs recursively,
+    and calls the inserted block after each selected layer."""
 
     def __init__(self, block_names, factory, identity_init, layer_kwargs):
+        super().__init__()
         self.block_names = block_names
         self.factory = factory
         self.identity_init = identity_init
         self.data_format = layer_kwargs.get("data_format") or \
             keras.config.image_data_format()
-        self.copies = {}  # id(original op) -> its copy, made once (sharing)
-        self.unset = {}  # id(copy) -> original, until the weights are set
 
-    def rebuild(self, graph, name):
-        """A new functional model computing `graph` with the blocks."""
-        inputs = tree.map_structure(_new_input, graph._inputs_struct)
-        tensors = {id(x): y for x, y in
-                   zip(graph.inputs, tree.flatten(inputs))}
-        for node in _nodes(graph):
-            op = node.operation
-            if node.is_input:
-                outputs = [tensors[id(node.outputs[0])]]
-            else:
-                args, kwargs = node.arguments.fill_in(tensors)
-                copy = self._copy(op)
-                outputs = tree.flatten(copy(*args, **kwargs))
-                self._set_weights(copy)
-            if id(op) in self.block_names:
-                outputs = [self._block(op, outputs[0])]
-            for x, y in zip(node.outputs, outputs):
-                tensors[id(x)] = y
-        outputs = tree.map_structure(
-            lambda x: tensors[id(x)], graph._outputs_struct)
-        return keras.Model(inputs, outputs, name=name)
+    def replace(self, op):
+        inner = graph_lib.functional(op)
+        if inner is not None:
+            return self.run(inner, op.name)
+        if _is_stateless(op):
+            return op
+        return self.copy_weights_of(op)
 
-    def _copy(self, op):
-        if id(op) not in self.copies:
-            inner = _graph(op)
-            if inner is not None:
-                copy = self.rebuild(inner, op.name)
-            elif _is_stateless(op):
-                copy = op
-            else:
-                copy = op.__class__.from_config(op.get_config())
-                self.unset[id(copy)] = op
-            self.copies[id(op)] = copy
-        return self.copies[id(op)]
-
-    def _set_weights(self, copy):
-        # A copy's variables exist once it is called (built) the first time.
-        original = self.unset.pop(id(copy), None)
-        if original is not None:
-            copy.set_weights(original.get_weights())
+    def after(self, original, outputs):
+        if id(original) not in self.block_names:
+            return outputs
+        return self._block(original, tree.flatten(outputs)[0])
 
     def _block(self, layer, tensor):
         """The block inserted after `layer`, called on its output."""
@@ -381,10 +339,3 @@ class _Rewriter:
         return block(tensor)
 
 
-def _new_input(tensor):
-    """A fresh `keras.Input` like the graph input `tensor`."""
-    layer = tensor._keras_history.operation
-    return keras.Input(
-        batch_shape=tensor.shape, dtype=tensor.dtype, sparse=tensor.sparse,
-        name=layer.name, optional=getattr(layer, "optional", False),
-    )

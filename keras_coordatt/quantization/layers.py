@@ -751,3 +751,54 @@ class QuantCBAM(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantIdentityInitAttention(keras.layers.Wrapper):
+    """The identity-start block `x + s * (A(x) - x)`, fake-quantized.
+
+    The twin of `keras_coordatt.insertion.IdentityInitAttention`: `layer` is
+    the twin of `A`, then `d = q(A(x) - x)`, `m = q(d * s)` with `s`
+    fake-quantized as a one-value weight, and the output `q(x + m)`: SUB,
+    MUL by an int8 constant and ADD in the int8 graph, all run by XNNPACK.
+    Its own trainable weight, `scale`, comes before `layer`'s.
+
+    Args:
+        layer: the quantization-aware twin of the attention layer.
+        momentum: moving-average decay of the activation ranges.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, layer, momentum=0.99, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.momentum = momentum
+        q = lambda name: ActivationQuantizer(momentum, name=name)
+        self.difference_quantizer = q("difference_quantizer")
+        self.blend_quantizer = q("blend_quantizer")
+        self.output_quantizer = q("output_quantizer")
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale", shape=(), initializer="zeros", trainable=True)
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        for quantizer in (self.difference_quantizer, self.blend_quantizer,
+                          self.output_quantizer):
+            quantizer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        attended = self.layer(inputs, training=training)
+        difference = self.difference_quantizer(attended - inputs,
+                                               training=training)
+        scale = fake_quant_weights(ops.reshape(self.scale, (1,)),
+                                   per_channel=False)
+        blend = self.blend_quantizer(difference * scale, training=training)
+        return self.output_quantizer(inputs + blend, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["momentum"] = self.momentum
+        return config

@@ -29,6 +29,8 @@ model with `keras_coordatt.quantization.convert_qat`.
 import keras
 import numpy as np
 
+from keras_coordatt import graph as graph_lib
+from keras_coordatt.insertion import IdentityInitAttention
 from keras_coordatt.layers.registry import attention_specs
 from keras_coordatt.layers.registry import spec_of_layer
 from keras_coordatt.quantization.layers import FUSED_ACTIVATIONS
@@ -37,6 +39,7 @@ from keras_coordatt.quantization.layers import QuantCBAM
 from keras_coordatt.quantization.layers import QuantConv2D
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
 from keras_coordatt.quantization.layers import QuantDense
+from keras_coordatt.quantization.layers import QuantIdentityInitAttention
 from keras_coordatt.quantization.layers import QuantSqueezeExcitation
 
 _COPIED = (
@@ -54,10 +57,17 @@ _QUANTIZED_AFTER = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.AveragePooling2D,
 )
+# Built-in preprocessing: copied with its weights (Normalization's mean and
+# variance), a quantizer after it: int8 MUL / ADD / SUB on constants.
+_AFFINE = (
+    keras.layers.Rescaling,
+    keras.layers.Normalization,
+)
 _SUPPORTED = (
     "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization (after a "
-    "convolution)", "ReLU", "Activation", "Dense",
-) + tuple(c.__name__ for c in _COPIED + _QUANTIZED_AFTER)
+    "convolution)", "ReLU", "Activation", "Dense", "keras.ops operations "
+    "(element-wise)",
+) + tuple(c.__name__ for c in _COPIED + _QUANTIZED_AFTER + _AFFINE)
 
 
 def _relu_kind(layer):
@@ -257,34 +267,30 @@ def _attention_twin(layer):
     return builder
 
 
+def _identity_init_twin(layer, momentum):
+    """The twin of an identity-start block `x + s * (A(x) - x)`: the twin
+    of `A` and the quantized blend (SUB, MUL by the int8 constant `s`,
+    ADD in the int8 graph)."""
+    inner = _attention_twin(layer.layer)
+    if inner is None:
+        raise ValueError(
+            f"quantize_model cannot quantize layer {layer.name!r}: its "
+            f"attention layer is a {type(layer.layer).__name__}, which is "
+            "no registered attention kind. Register it with "
+            "`keras_coordatt.layers.registry.register_attention(..., "
+            "quantize=builder)`."
+        )
+    twin, weights = inner(layer.layer, momentum)
+    new = QuantIdentityInitAttention(twin, momentum=momentum,
+                                     name=layer.name)
+    scale = keras.ops.convert_to_numpy(layer.scale).reshape(())
+    return new, [scale] + list(weights)  # its own weight comes first
+
+
 def supported_layers():
     """The layer types `quantize_model` accepts, for messages."""
-    return _SUPPORTED + tuple(s.layer.__name__ for s in attention_specs()
-                              if s.quantize is not None)
-
-
-def _graph_nodes(model):
-    """The nodes of a functional model, inputs first."""
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        yield from model._nodes_by_depth[depth]
-
-
-def _consumers(model):
-    """Maps id(KerasTensor) -> list of nodes of `model` that consume it."""
-    consumers = {}
-    for node in _graph_nodes(model):
-        for tensor in node.input_tensors:
-            consumers.setdefault(id(tensor), []).append(node)
-    return consumers
-
-
-def _single_consumer(consumers, tensor, cls, outputs):
-    nodes = consumers.get(id(tensor), [])
-    if len(nodes) != 1 or id(tensor) in outputs:
-        return None
-    if not isinstance(nodes[0].operation, cls):
-        return None
-    return nodes[0]
+    return _SUPPORTED + ("IdentityInitAttention",) + tuple(
+        s.layer.__name__ for s in attention_specs() if s.quantize is not None)
 
 
 def _set_weights(layer, values):
@@ -343,99 +349,116 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
             or holds a layer this recipe cannot quantize.
     """
     check_functional(model)
-    rebuild = _Rebuild(model, momentum)
-    for node in _graph_nodes(model):
-        rebuild.node(node)
-    twin = rebuild.model(name or f"{model.name}_qat")
+    rebuild = _Quantize(model, momentum)
+    twin = rebuild.run(model, name or f"{model.name}_qat")
+    for layer, weights in rebuild.pending:
+        _set_weights(layer, weights)
     if calibration_data is not None:
         calibrate(twin, calibration_data, steps=calibration_steps)
     return twin
 
 
-_ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid")
+_ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid",
+                "hard_sigmoid", "silu", "swish", "linear")
 
 
-class _Rebuild:
-    """The state of one `quantize_model` pass over a float graph: which
-    float tensor each new tensor stands for, which nodes were folded into a
-    convolution, and the new layers' weights to set once they are built."""
+class _Quantize(graph_lib.Rewrite):
+    """One `quantize_model` pass over a float graph: each layer's twin,
+    the BatchNorm and ReLU after a convolution folded into its twin (they
+    pass their input through), quantizers after merges and activations,
+    and the twins' weights to set once the new model is built."""
 
     def __init__(self, model, momentum):
-        self.source = model
+        super().__init__()
         self.momentum = momentum
-        self.consumers = _consumers(model)
+        self.consumers = graph_lib.consumers(model)
         self.outputs = {id(t) for t in model.outputs}
-        self.tensors = {}  # id(float tensor) -> (new Input or None, tensor)
-        self.absorbed = set()
+        self.absorbed = set()  # id(layer) folded into a convolution
         self.pending = []  # (new layer, weights)
+        self.model_inputs = {}  # id(new input) -> its quantized tensor
 
     def quantized(self, tensor, layer_name):
         quantizer = ActivationQuantizer(self.momentum,
                                         name=f"{layer_name}_quant")
         return quantizer(tensor)
 
-    def node(self, node):
-        if id(node) in self.absorbed:
-            return
-        layer = node.operation
-        if node.is_input:
-            source = node.output_tensors[0]
-            new_input = keras.Input(batch_shape=source.shape,
-                                    dtype=source.dtype, name=layer.name)
-            self.tensors[id(source)] = (
-                new_input, self.quantized(new_input, layer.name))
-            return
-        if len(node.output_tensors) != 1:
+    def begin(self, inputs):
+        for tensor in keras.tree.flatten(inputs):
+            self.model_inputs[id(tensor)] = self.quantized(tensor,
+                                                           tensor.name)
+
+    def inputs(self, args, kwargs):
+        # Every layer reads the quantized model inputs.
+        swap = lambda x: self.model_inputs.get(id(x), x)
+        return keras.tree.map_structure(swap, args), kwargs
+
+    def replace(self, layer):
+        if id(layer) in self.absorbed:
+            return graph_lib.PASS_THROUGH
+        if len(keras.tree.flatten(layer.output)) != 1:
             raise ValueError(
                 f"Layer {layer.name!r} has several outputs; quantize_model "
                 "supports single-output layers only."
             )
-        inputs = [self.tensors[id(t)][1] for t in node.input_tensors]
         if isinstance(layer, (keras.layers.Conv2D,
                               keras.layers.DepthwiseConv2D)) and not \
                 isinstance(layer, keras.layers.Conv2DTranspose):
-            last, result = self.convolution(node, inputs[0])
-        else:
-            last, result = node.output_tensors[0], self.layer(layer, inputs)
-        self.tensors[id(last)] = (None, result)
+            return self.twin(*self.convolution(layer))
+        if isinstance(layer, keras.layers.Dense):
+            return self.twin(*_quant_dense(layer, self.momentum))
+        if isinstance(layer, IdentityInitAttention):
+            return self.twin(*_identity_init_twin(layer, self.momentum))
+        attention_twin = _attention_twin(layer)
+        if attention_twin is not None:
+            return self.twin(*attention_twin(layer, self.momentum))
+        return self.copy(layer)
+
+    def after(self, original, outputs):
+        if not isinstance(original, keras.layers.Layer) or isinstance(
+                original, _QUANTIZED_AFTER + _AFFINE + (
+                    keras.layers.ReLU, keras.layers.Activation)):
+            # keras.ops nodes too (hard-swish written as `x * relu6(x + 3)
+            # / 6`, constants added or multiplied): each result is an int8
+            # tensor of its own range.
+            return self.quantized(outputs, original.name)
+        return outputs
+
+    def twin(self, new, weights):
+        self.pending.append((new, weights))
+        return new
 
     def follower(self, tensor, cls):
-        return _single_consumer(self.consumers, tensor, cls, self.outputs)
+        """The one layer of class `cls` that takes `tensor`, or None."""
+        takers = self.consumers.get(id(tensor), [])
+        if len(takers) != 1 or id(tensor) in self.outputs:
+            return None
+        return takers[0] if isinstance(takers[0], cls) else None
 
-    def convolution(self, node, inputs):
-        """A convolution with the BatchNormalization and ReLU after it
-        folded in: `(the last float tensor it covers, the new tensor)`."""
-        layer, last = node.operation, node.output_tensors[0]
-        bn_node = self.follower(last, keras.layers.BatchNormalization)
-        bn = None
-        if bn_node is not None and bn_node.operation.axis in (-1, 3):
-            bn = bn_node.operation
-            self.absorbed.add(id(bn_node))
-            last = bn_node.output_tensors[0]
+    def convolution(self, layer):
+        """The twin of a convolution with the BatchNormalization and ReLU
+        after it folded in (they are marked to pass through)."""
+        last, bn = layer.output, None
+        follower = self.follower(last, keras.layers.BatchNormalization)
+        if follower is not None and follower.axis in (-1, 3):
+            bn = follower
+            self.absorbed.add(id(bn))
+            last = bn.output
         activation = "linear"
-        act_node = self.follower(
-            last, (keras.layers.ReLU, keras.layers.Activation))
-        if act_node is not None and _relu_kind(act_node.operation) \
+        act = self.follower(last, (keras.layers.ReLU,
+                                   keras.layers.Activation))
+        if act is not None and _relu_kind(act) \
                 and _activation_name(layer.activation) == "linear":
-            activation = _relu_kind(act_node.operation)
-            self.absorbed.add(id(act_node))
-            last = act_node.output_tensors[0]
-        return last, self.twin(*_quant_conv(layer, bn, activation,
-                                            self.momentum), inputs)
+            activation = _relu_kind(act)
+            self.absorbed.add(id(act))
+        return _quant_conv(layer, bn, activation, self.momentum)
 
-    def twin(self, new, weights, inputs):
-        self.pending.append((new, weights))
-        return new(inputs)
-
-    def layer(self, layer, inputs):
-        """Any other layer: its quantized twin, a copy, or a copy with an
-        activation quantizer after it."""
-        attention_twin = _attention_twin(layer)
-        if isinstance(layer, keras.layers.Dense):
-            return self.twin(*_quant_dense(layer, self.momentum), inputs[0])
-        if attention_twin is not None:
-            return self.twin(*attention_twin(layer, self.momentum),
-                             inputs[0])
+    def copy(self, layer):
+        """A copy of a weightless layer or of preprocessing (a quantizer
+        follows merges, activations and keras.ops nodes, see `after`)."""
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a keras.ops node: stateless, reused
+        if isinstance(layer, _AFFINE):
+            return self.copy_weights_of(layer)
         activation = (keras.layers.ReLU, keras.layers.Activation)
         if not isinstance(layer, _COPIED + _QUANTIZED_AFTER + activation):
             raise ValueError(
@@ -443,40 +466,14 @@ class _Rebuild:
                 f"type {type(layer).__name__}. Accepted: "
                 f"{', '.join(supported_layers())}."
             )
-        copy = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, _COPIED):
-            return copy(*inputs)
-        if isinstance(layer, _QUANTIZED_AFTER):
-            merged = copy(inputs if len(inputs) > 1 else inputs[0])
-            return self.quantized(merged, layer.name)
-        name = _relu_kind(layer) or _activation_name(
-            getattr(layer, "activation", None))
-        if name not in _ACTIVATIONS:
-            raise ValueError(
-                f"Layer {layer.name!r}: activation {name!r} cannot "
-                "be quantized; accepted: relu, relu6, hard_swish, sigmoid."
-            )
-        return self.quantized(copy(inputs[0]), layer.name)
-
-    def model(self, name):
-        new_inputs = [self.tensors[id(t)][0] for t in self.source.inputs]
-        try:
-            new_outputs = [self.tensors[id(t)][1]
-                           for t in self.source.outputs]
-        except KeyError as error:
-            raise ValueError(
-                "A model output is a BatchNormalization or ReLU folded into "
-                "a convolution that feeds other layers; quantize_model "
-                "cannot rebuild it."
-            ) from error
-        twin = keras.Model(
-            new_inputs[0],
-            new_outputs[0] if len(new_outputs) == 1 else new_outputs,
-            name=name,
-        )
-        for layer, weights in self.pending:
-            _set_weights(layer, weights)
-        return twin
+        if isinstance(layer, activation):
+            name = _relu_kind(layer) or _activation_name(layer.activation)
+            if name not in _ACTIVATIONS:
+                raise ValueError(
+                    f"Layer {layer.name!r}: activation {name!r} cannot "
+                    f"be quantized; accepted: {', '.join(_ACTIVATIONS)}."
+                )
+        return layer.__class__.from_config(layer.get_config())
 
 
 def _batches(data, steps):

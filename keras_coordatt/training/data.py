@@ -33,9 +33,11 @@ import tensorflow as tf
 
 from keras_coordatt.datasets import digits_images
 from keras_coordatt.datasets import stratified_split
+from keras_coordatt.training.dataset_registry import find_dataset
+from keras_coordatt.training.dataset_registry import load_named
+from keras_coordatt.training.tasks import dataset_forms
 
 AUTOTUNE = tf.data.AUTOTUNE
-DATASET_FORMS = ("digits", "tfds:NAME", "folder:PATH", "npz:PATH")
 _VALIDATION_SPLITS = ("validation", "test")
 _FOLDER_SPLITS = ("train", "validation", "val", "test")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -102,11 +104,12 @@ def load_source(dataset, *, image_size=224, validation_fraction=0.1, seed=0,
     if not isinstance(dataset, str):
         raise ValueError(
             "`dataset` must be a string. Received: "
-            f"dataset={dataset!r}; accepted: {', '.join(DATASET_FORMS)}"
+            f"dataset={dataset!r}; accepted: {', '.join(dataset_forms('classification'))}"
         )
     kind, _, arg = dataset.partition(":")
-    if dataset == "digits":
-        return load_digits(image_size, validation_fraction, seed)
+    if find_dataset(dataset) is not None:
+        return load_named(dataset, "classification", image_size=image_size,
+                          validation_fraction=validation_fraction, seed=seed)
     if kind == "tfds" and arg:
         return from_tfds(
             arg, data_dir=data_dir, manual_dir=manual_dir, download=download,
@@ -120,7 +123,7 @@ def load_source(dataset, *, image_size=224, validation_fraction=0.1, seed=0,
         return from_npz(arg, validation_fraction, seed)
     raise ValueError(
         f"Unknown dataset. Received: dataset={dataset!r}; accepted: "
-        f"{', '.join(DATASET_FORMS)}"
+        f"{', '.join(dataset_forms('classification'))}"
     )
 
 

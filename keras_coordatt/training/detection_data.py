@@ -43,8 +43,10 @@ import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.dataset_registry import find_dataset
+from keras_coordatt.training.dataset_registry import load_named
+from keras_coordatt.training.tasks import dataset_forms
 
-DETECTION_FORMS = ("digits-det", "tfds:NAME")
 DIGITS_DET_EXAMPLES = {"train": 1024, "validation": 256}
 DIGITS_DET_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_DET_MAX_DIGITS = 3
@@ -124,11 +126,12 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     Raises:
         ValueError: an unknown form or tensorflow-datasets name.
     """
-    del validation_fraction, eval_crop_fraction
+    del eval_crop_fraction
     kind, _, arg = dataset.partition(":") if isinstance(dataset, str) else (
         None, None, None)
-    if dataset == "digits-det":
-        return load_digits_scenes(image_size, seed)
+    if find_dataset(dataset) is not None:
+        return load_named(dataset, "detection", image_size=image_size,
+                          validation_fraction=validation_fraction, seed=seed)
     if kind == "tfds" and arg:
         return from_tfds(arg, data_dir=data_dir, manual_dir=manual_dir,
                          download=download, train_split=train_split,
@@ -136,7 +139,7 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     raise ValueError(
         "Unknown detection dataset. Received: dataset="
         f"{dataset!r}, task='detection'; accepted: "
-        f"{', '.join(DETECTION_FORMS)}"
+        f"{', '.join(dataset_forms('detection'))}"
     )
 
 

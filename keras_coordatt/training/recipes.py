@@ -25,6 +25,7 @@ from typing import Optional, Tuple, Union
 
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
+from keras_coordatt.training.tasks import dataset_forms
 from keras_coordatt.training.tasks import get_task
 from keras_coordatt.training.tasks import task_names
 from keras_coordatt.training.tasks import task_of_dataset
@@ -280,8 +281,7 @@ class TrainConfig:
         spec = get_task(self.task)
         needed = task_of_dataset(self.dataset) or self.task
         if needed != self.task:
-            accepted = [spec.demo_dataset] * bool(spec.demo_dataset) + list(
-                spec.dataset_forms)
+            accepted = dataset_forms(self.task)
             raise ValueError(
                 f"`dataset={self.dataset!r}` is a {needed} dataset. "
                 f"Received: dataset={self.dataset!r}, task={self.task!r}; "

@@ -37,8 +37,10 @@ import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
 from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.dataset_registry import find_dataset
+from keras_coordatt.training.dataset_registry import load_named
+from keras_coordatt.training.tasks import dataset_forms
 
-SEGMENTATION_FORMS = ("digits-seg", "tfds:NAME", "folder:PATH")
 DIGITS_SEG_EXAMPLES = {"train": 1024, "validation": 256}
 DIGITS_SEG_CLASSES = ("background",) + tuple(str(d) for d in range(10))
 _MASK_SUFFIX = ".png"
@@ -109,8 +111,9 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     del eval_crop_fraction
     kind, _, arg = dataset.partition(":") if isinstance(dataset, str) else (
         None, None, None)
-    if dataset == "digits-seg":
-        return load_digits_scenes(image_size, seed)
+    if find_dataset(dataset) is not None:
+        return load_named(dataset, "segmentation", image_size=image_size,
+                          validation_fraction=validation_fraction, seed=seed)
     if kind == "tfds" and arg:
         return from_tfds(arg, data_dir=data_dir, manual_dir=manual_dir,
                          download=download, train_split=train_split,
@@ -120,7 +123,7 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     raise ValueError(
         "Unknown segmentation dataset. Received: dataset="
         f"{dataset!r}, task='segmentation'; accepted: "
-        f"{', '.join(SEGMENTATION_FORMS)}"
+        f"{', '.join(dataset_forms('segmentation'))}"
     )
 
 

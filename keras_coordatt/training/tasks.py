@@ -17,6 +17,9 @@ import dataclasses
 import importlib
 import typing
 
+from keras_coordatt.training.dataset_registry import dataset_names
+from keras_coordatt.training.dataset_registry import find_dataset
+
 _Fn = typing.Union[str, typing.Callable, None]
 
 
@@ -45,10 +48,10 @@ class TaskSpec:
         given_model: whether `train(model=...)` can train a given model.
         hub_classes: whether its saved models hold keras-hub classes
             (loading them needs `keras_coordatt.hub`).
-        demo_dataset: the offline demo dataset that holds this task's
-            targets only (`"digits-seg"`), or "".
-        demo_recipe: the recipe of that demo (`"digits_seg"`).
-        recipe: the recipe the CLI starts from for other datasets.
+        demo_recipe: the recipe the CLI starts from with no `--dataset`
+            (the task's offline demo, `"digits_seg"`).
+        recipe: the recipe the CLI starts from for a dataset that is not
+            registered (`tfds:NAME`, ...).
     """
 
     name: str
@@ -64,7 +67,6 @@ class TaskSpec:
     whole_images: bool = False
     given_model: bool = False
     hub_classes: bool = False
-    demo_dataset: str = ""
     demo_recipe: str = ""
     recipe: str = ""
 
@@ -124,21 +126,27 @@ def get_task(name):
 
 
 def task_of_dataset(dataset):
-    """The task whose demo dataset `dataset` is, or None."""
-    for spec in _TASKS.values():
-        if spec.demo_dataset and spec.demo_dataset == dataset:
-            return spec.name
-    return None
+    """The task of a registered (named) dataset, or None."""
+    spec = find_dataset(dataset)
+    return spec.task if spec is not None else None
 
 
 def default_recipe(task, dataset):
-    """The recipe the CLI starts from without `--config`: the demo's for
-    the demo dataset (or no dataset), else the task's own. `task` None:
-    the demo dataset's task, else the first registered."""
-    spec = get_task(task or task_of_dataset(dataset) or task_names()[0])
-    if dataset in (None, spec.demo_dataset):
-        return spec.demo_recipe
-    return spec.recipe
+    """The recipe the CLI starts from without `--config`: a registered
+    dataset's own, the task's demo without `--dataset`, else the task's
+    general recipe. `task` None: the dataset's task, else the first
+    registered task."""
+    named = find_dataset(dataset)
+    if named is not None and task in (None, named.task) and named.recipe:
+        return named.recipe
+    spec = get_task(task or task_names()[0])
+    return spec.demo_recipe if dataset is None else spec.recipe
+
+
+def dataset_forms(task):
+    """Every `dataset` form a task reads: its named datasets, then the
+    general forms."""
+    return dataset_names(task) + tuple(get_task(task).dataset_forms)
 
 
 # ------------------------------------------------------ the built-in tasks
@@ -236,7 +244,7 @@ register_task(TaskSpec(
     monitor="val_accuracy",
     dataset_forms=("tfds:NAME", "folder:PATH", "npz:PATH"),
     given_model=True,
-    demo_dataset="digits", demo_recipe="digits", recipe="paper_imagenet",
+    demo_recipe="digits", recipe="paper_imagenet",
 ))
 register_task(TaskSpec(
     name="segmentation", data=f"{_TRAINING}.segmentation_data",
@@ -246,7 +254,7 @@ register_task(TaskSpec(
     dataset_forms=("tfds:NAME", "folder:PATH"),
     stride_32="DeepLabV3 upsamples the stride-32 features back to it",
     class_ids=True, hub_classes=True,
-    demo_dataset="digits-seg", demo_recipe="digits_seg", recipe="digits_seg",
+    demo_recipe="digits_seg", recipe="digits_seg",
 ))
 register_task(TaskSpec(
     name="detection", data=f"{_TRAINING}.detection_data",
@@ -259,5 +267,5 @@ register_task(TaskSpec(
     stride_32="the feature pyramid adds every level to the 2x upsampled "
               "coarser one",
     class_ids=True, whole_images=True, hub_classes=True,
-    demo_dataset="digits-det", demo_recipe="digits_det", recipe="digits_det",
+    demo_recipe="digits_det", recipe="digits_det",
 ))
