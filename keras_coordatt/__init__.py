@@ -13,16 +13,22 @@ with _quiet_imports(verbose=not _running_command_line()):
     from keras_coordatt.insertion import add_attention
     from keras_coordatt.layers import CBAM
     from keras_coordatt.layers import CoordinateAttention
+    from keras_coordatt.layers import EfficientLocalAttention
+    from keras_coordatt.layers import SimpleCoordAttention
     from keras_coordatt.layers import SqueezeExcitation
+    from keras_coordatt.layers import StripAttention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CBAM",
     "CoordinateAttention",
+    "EfficientLocalAttention",
     "MobileNetV2CA",
     "MobileNeXtCA",
+    "SimpleCoordAttention",
     "SqueezeExcitation",
+    "StripAttention",
     "add_attention",
     "decode_predictions",
     "preprocess_input",

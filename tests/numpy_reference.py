@@ -166,3 +166,129 @@ def cbam(x, w, training=False, eps=1e-5):
         y = (y - mean) / np.sqrt(var + eps) * w["gamma"][0] + w["beta"][0]
     spatial_gate = sigmoid(y)[..., None]
     return f * spatial_gate, channel_gate, spatial_gate, mean, var
+
+
+# The coordinate-attention family of timm's layers/coord_attn.py
+# (SimpleCoordAttn, EfficientLocalAttn, StripAttn), from its description,
+# channels_last, float64.
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def hard_sigmoid(x):
+    return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def timm_make_divisible(v, divisor=8):
+    """timm's make_divisible with round_limit=0."""
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+def random_simple_ca_weights(channels, hidden, rng):
+    """fc1 (C, hidden), fc_h and fc_w (hidden, C) in matrix form."""
+    return {
+        "w1": rng.normal(0, 0.3, (channels, hidden)),
+        "b1": rng.normal(0, 0.1, hidden),
+        "w_h": rng.normal(0, 0.3, (hidden, channels)),
+        "b_h": rng.normal(0, 0.1, channels),
+        "w_w": rng.normal(0, 0.3, (hidden, channels)),
+        "b_w": rng.normal(0, 0.1, channels),
+    }
+
+
+def set_simple_ca_weights(layer, w):
+    layer.fc1.set_weights([w["w1"][None, None], w["b1"]])
+    layer.fc_h.set_weights([w["w_h"][None, None], w["b_h"]])
+    layer.fc_w.set_weights([w["w_w"][None, None], w["b_w"]])
+
+
+def simple_coord_attention(x, w, act=silu, gate=sigmoid, residual=False):
+    """Returns (output, gate) for x (B, H, W, C); gate (B, H, W, C)."""
+    x = x.astype(np.float64)
+    x_h = act(x.mean(axis=2) @ w["w1"] + w["b1"])  # (B, H, hidden)
+    x_w = act(x.mean(axis=1) @ w["w1"] + w["b1"])  # (B, W, hidden)
+    a_h = (x_h @ w["w_h"] + w["b_h"])[:, :, None, :]  # (B, H, 1, C)
+    a_w = (x_w @ w["w_w"] + w["b_w"])[:, None, :, :]  # (B, 1, W, C)
+    g = gate(a_h + a_w)  # one additive gate
+    out = x * g
+    return (out + x if residual else out), g
+
+
+def random_strip_conv_weights(channels, kernel_size, rng, bias=False,
+                              norm=False):
+    """Depthwise strip kernels k_h, k_w (k, C) [+ biases] [+ norms]."""
+    w = {"k_h": rng.normal(0, 0.3, (kernel_size, channels)),
+         "k_w": rng.normal(0, 0.3, (kernel_size, channels))}
+    if bias:
+        w.update(b_h=rng.normal(0, 0.1, channels),
+                 b_w=rng.normal(0, 0.1, channels))
+    if norm:
+        for s in ("h", "w"):
+            w[f"gamma_{s}"] = rng.uniform(0.5, 1.5, channels)
+            w[f"beta_{s}"] = rng.normal(0, 0.2, channels)
+    return w
+
+
+def set_strip_conv_weights(layer, w):
+    """Copies strip kernels (and norms) into a built EfficientLocalAttention
+    or StripAttention."""
+    for s, shape in (("h", lambda k: k[:, None, :, None]),
+                     ("w", lambda k: k[None, :, :, None])):
+        values = [shape(w[f"k_{s}"])]
+        if f"b_{s}" in w:
+            values.append(w[f"b_{s}"])
+        getattr(layer, f"conv_{s}").set_weights(values)
+        if f"gamma_{s}" in w:
+            getattr(layer, f"norm_{s}").set_weights(
+                [w[f"gamma_{s}"], w[f"beta_{s}"]])
+
+
+def depthwise_1d_same(strip, kernel, bias=None):
+    """Cross-correlation of strip (B, L, C) with kernel (k, C), zero
+    padding k // 2 on both sides (odd k): (B, L, C)."""
+    k = kernel.shape[0]
+    padded = np.pad(strip, ((0, 0), (k // 2, k // 2), (0, 0)))
+    length = strip.shape[1]
+    out = sum(padded[:, j:j + length] * kernel[j] for j in range(k))
+    return out if bias is None else out + bias
+
+
+def group_norm(y, gamma, beta, groups=1, eps=1e-5):
+    """GroupNorm of y (B, L, C): statistics over (L, C / groups)."""
+    b, length, c = y.shape
+    g = y.reshape(b, length, groups, c // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = g.var(axis=(1, 3), keepdims=True)
+    g = (g - mean) / np.sqrt(var + eps)
+    return g.reshape(b, length, c) * gamma + beta
+
+
+def efficient_local_attention(x, w, act=silu, gate=sigmoid, groups=1,
+                              residual=False):
+    """Returns (output, a_h (B, H, 1, C), a_w (B, 1, W, C)); the norms are
+    used when `w` holds gamma_h/beta_h."""
+    x = x.astype(np.float64)
+    gates = []
+    for s, strip in (("h", x.mean(axis=2)), ("w", x.mean(axis=1))):
+        y = depthwise_1d_same(strip, w[f"k_{s}"], w.get(f"b_{s}"))
+        if f"gamma_{s}" in w:
+            y = group_norm(y, w[f"gamma_{s}"], w[f"beta_{s}"], groups)
+        gates.append(gate(act(y)))
+    a_h, a_w = gates[0][:, :, None, :], gates[1][:, None, :, :]
+    out = x * a_h * a_w
+    return (out + x if residual else out), a_h, a_w
+
+
+def strip_attention(x, w=None, gate=sigmoid, residual=False):
+    """Returns (output, gate (B, H, W, C)); no convolutions when `w` is
+    None."""
+    x = x.astype(np.float64)
+    x_h, x_w = x.mean(axis=2), x.mean(axis=1)
+    if w is not None:
+        x_h = depthwise_1d_same(x_h, w["k_h"], w.get("b_h"))
+        x_w = depthwise_1d_same(x_w, w["k_w"], w.get("b_w"))
+    g = gate(x_h[:, :, None, :] + x_w[:, None, :, :])
+    out = x * g
+    return (out + x if residual else out), g

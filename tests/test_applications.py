@@ -14,6 +14,7 @@ from keras_coordatt import SqueezeExcitation
 from keras_coordatt import preprocess_input
 from keras_coordatt.applications import arguments as utils
 from keras_coordatt.applications import mobilenet_v2_ca
+from keras_coordatt.layers.registry import attention_names
 
 
 def trainable_params(model):
@@ -257,8 +258,10 @@ def test_bad_arguments_are_named(builder, argument, value, received):
     accepted = {"alpha": "positive, finite number",
                 "input_shape": "three positive integers",
                 "classes": "positive integer",
-                "attention": r"one of \(True, False, None, 'ca', 'se', "
-                             r"'cbam'\) or a callable",
+                # Every registered kind, in registration order.
+                "attention": r"one of \(True, False, None, " + re.escape(
+                    ", ".join(repr(n) for n in attention_names()))
+                + r"\) or a callable",
                 "weights": "either `None`"}[argument]
     kwargs = {"weights": None, argument: value}
     with pytest.raises(ValueError, match=accepted) as info:

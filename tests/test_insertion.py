@@ -1,5 +1,7 @@
 """add_attention: attention blocks inserted into existing models."""
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -285,11 +287,17 @@ def test_each_registered_kind(kind, digits):
     original = _branchy(outputs=("logits",))
     x = digits[1]
     before = _run(original, x)["logits"]
+    # `reduction` for the kinds that have one (ELA, strip attention and
+    # simple CA have none).
+    takes_reduction = "reduction" in inspect.signature(
+        get_attention(kind)).parameters
+    options = {"reduction": 4} if takes_reduction else {}
     model = add_attention(original, after=SELECTED, attention=kind.upper(),
-                          reduction=4)
+                          **options)
     blocks = [model.get_layer(f"{n}_{kind}") for n in SELECTED]
     assert all(type(b.layer) is get_attention(kind) for b in blocks)
-    assert all(b.layer.reduction == 4 for b in blocks)
+    assert all(getattr(b.layer, "reduction", None) == options.get("reduction")
+               for b in blocks)
     np.testing.assert_array_equal(
         _run(model, x)["logits"], before)
     plain = add_attention(original, after=SELECTED, attention=kind,

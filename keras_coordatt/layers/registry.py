@@ -28,7 +28,14 @@ import typing
 
 from keras_coordatt.layers.cbam import CBAM
 from keras_coordatt.layers.coordinate_attention import CoordinateAttention
+from keras_coordatt.layers.efficient_local_attention import (
+    EfficientLocalAttention,
+)
+from keras_coordatt.layers.simple_coordinate_attention import (
+    SimpleCoordAttention,
+)
 from keras_coordatt.layers.squeeze_excitation import SqueezeExcitation
+from keras_coordatt.layers.strip_attention import StripAttention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,4 +201,21 @@ register_attention(
     "cbam", CBAM, quantize=f"{_QAT}:twin_cbam",
     paper="CBAM: Convolutional Block Attention Module (ECCV 2018), "
           "arXiv 1807.06521",
+)
+_FAMILY = "keras_coordatt.quantization.coord_family"
+register_attention(
+    "simple_ca", SimpleCoordAttention,
+    quantize=f"{_FAMILY}:twin_simple_coordinate_attention",
+    paper="timm layers/coord_attn.py SimpleCoordAttn, after Coordinate "
+          "Attention (CVPR 2021), arXiv 2103.02907",
+)
+register_attention(
+    "ela", EfficientLocalAttention,
+    quantize=f"{_FAMILY}:twin_efficient_local_attention",
+    paper="ELA: Efficient Local Attention for Deep Convolutional Neural "
+          "Networks (Xu and Wan 2024), arXiv 2403.01123",
+)
+register_attention(
+    "strip", StripAttention, quantize=f"{_FAMILY}:twin_strip_attention",
+    paper="timm layers/coord_attn.py StripAttn",
 )
