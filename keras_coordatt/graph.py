@@ -94,6 +94,7 @@ class Rewrite:
         self.copies = {}  # id(original) -> new layer, made once (sharing)
         self.originals = {}  # id(new layer) -> original layer
         self.unset = {}  # id(copy) -> original, until its weights are set
+        self.results = {}  # id(original) -> outputs of its first call
 
     def replace(self, layer):
         raise NotImplementedError
@@ -134,7 +135,10 @@ class Rewrite:
             source = self.unset.pop(id(new), None)
             if source is not None:  # built by this first call
                 new.set_weights(source.get_weights())
-            return self.after(self.originals[id(new)], outputs)
+            original = self.originals[id(new)]
+            outputs = self.after(original, outputs)
+            self.results.setdefault(id(original), outputs)
+            return outputs
 
         inputs = new_inputs(graph)
         self.begin(inputs)
@@ -143,5 +147,32 @@ class Rewrite:
             call_function=call)
         # A plain functional model, uncompiled (`clone_model` compiles the
         # copy of a compiled model and keeps a subclass's constructor).
-        return keras.Model(rebuilt.input, rebuilt.output,
-                           name=name or graph.name)
+        new = keras.Model(rebuilt.input, rebuilt.output,
+                          name=name or graph.name)
+        pyramid = getattr(graph, "pyramid_outputs", None)
+        if isinstance(pyramid, dict) and pyramid:
+            # keras-hub's dense heads read it: the same levels, now from
+            # the new graph (after a block inserted at that layer).
+            new.pyramid_outputs = self.remap(graph, pyramid)
+        return new
+
+    def remap(self, graph, tensors):
+        """The new tensors standing for `graph`'s (a structure of layer
+        outputs), or a ValueError naming the one not rebuilt."""
+        producers = {}
+        for op in graph.operations:
+            for tensor in tree.flatten(op.output):
+                producers.setdefault(id(tensor), op)
+
+        def new_tensor(tensor):
+            op = producers.get(id(tensor))
+            if op is None or id(op) not in self.results:
+                raise ValueError(
+                    "A pyramid output of the model is not the output of one "
+                    "of its layers; it cannot be carried over. Received: "
+                    f"{tensor!r}")
+            original = tree.flatten(op.output)
+            outputs = tree.flatten(self.results[id(op)])
+            return outputs[[id(t) for t in original].index(id(tensor))]
+
+        return tree.map_structure(new_tensor, tensors)
