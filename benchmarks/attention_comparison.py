@@ -7,7 +7,7 @@ default reduction) for several seeds, at one budget, through
 `keras_coordatt.training.train`, and reports per kind:
 
 - validation top-1: mean, standard deviation and min-max over the seeds;
-- trainable parameters and multiply-adds per image (`benchmarks/macs.py`);
+- trainable parameters and multiply-adds per image (`keras_coordatt.counting`);
 - LiteRT int8: post-training quantization (`convert_ptq`, representative
   training images with the evaluation preprocessing, float I/O), its top-1
   on the same validation images (`evaluate_tflite`), and its latency at
@@ -255,11 +255,11 @@ def eval_arrays(source, config, preprocess, training_images=False,
 
 
 def count_model(model):
-    import macs
+    from keras_coordatt import counting
 
-    counted = macs.count_macs(model)
+    counted = counting.count_macs(model)
     return {
-        "params": macs.count_params(model),
+        "params": counting.count_params(model),
         "macs": counted["total"],
         "attention_macs": counted["attention"],
         "attention_layers": counted["attention_layers"],
@@ -313,12 +313,11 @@ def measure_latency(blobs, runs, warmup, image):
     """
     from measure import interleaved
 
-    from keras_coordatt.quantization.evaluate import interpreter
+    from keras_coordatt import litert
 
     invokes = {}
     for name, blob in blobs.items():
-        runner = interpreter(blob, num_threads=1)
-        runner.allocate_tensors()
+        runner = litert.interpreter(blob, num_threads=1, allocate=True)
         detail = runner.get_input_details()[0]
         x = image[None].astype("float32")
         if detail["dtype"] == np.int8:

@@ -156,18 +156,13 @@ THREADS = 1
 
 
 def time_blobs(blobs, repeats, delegate=True):
-    from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.interpreter import OpResolverType
+    from keras_coordatt import litert
 
     rng = np.random.default_rng(1)
     fns = {}
     for name, blob in blobs.items():
-        kwargs = {} if delegate else {
-            "experimental_op_resolver_type":
-                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-        interpreter = Interpreter(model_content=blob, num_threads=THREADS,
-                                  **kwargs)
-        interpreter.allocate_tensors()
+        interpreter = litert.interpreter(blob, THREADS, allocate=True,
+                                         delegate=delegate)
         d = interpreter.get_input_details()[0]
         if d["dtype"] == np.int8:
             x = rng.integers(-128, 128, d["shape"]).astype(np.int8)

@@ -170,13 +170,13 @@ def layer_section(ca_model, backend, args, litert=False):
 
 def _layer_row(shape, count, backend, args, litert):
     """The three single-layer models at one shape: Keras (and LiteRT)."""
-    from macs import count_macs
+    from keras_coordatt.counting import count_each
 
     from measure_litert import convert_float
     from measure_litert import litert_callables
 
     models = layer_models(shape)
-    macs = {name: count_macs(m)["total"] for name, m in models.items()}
+    macs = {name: c["total"] for name, c in count_each(models).items()}
     row = {"backend": backend, "shape": list(shape), "count": count,
            "macs": macs,
            "feature_map_elements": int(np.prod(shape)),

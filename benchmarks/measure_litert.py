@@ -29,11 +29,9 @@ def convert_float(model):
 
 
 def _interpreter(blob, threads):
-    from keras_coordatt.quantization.evaluate import interpreter
+    from keras_coordatt import litert
 
-    result = interpreter(blob, threads)
-    result.allocate_tensors()
-    return result
+    return litert.interpreter(blob, threads, allocate=True)
 
 
 def litert_callables(blobs, threads, seed=4):
@@ -56,11 +54,17 @@ def delegate_report(blob):
     an op whose output feeds a partition (or the model output) without
     being produced by one runs on the builtin kernels.
     """
+    from keras_coordatt import litert
+
     interpreter = _interpreter(blob, 1)
-    ops = interpreter._get_ops_details()
+    ops = litert.ops(interpreter)
+
+    def indices(op, key):
+        return {int(t["index"]) for t in op[key]}
+
     delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
-    delegated_in = {int(i) for o in delegates for i in o["inputs"]}
-    delegated_out = {int(i) for o in delegates for i in o["outputs"]}
+    delegated_in = {i for o in delegates for i in indices(o, "inputs")}
+    delegated_out = {i for o in delegates for i in indices(o, "outputs")}
     outputs = {int(d["index"]) for d in interpreter.get_output_details()}
     op_counts, outside = {}, {}
     for op in ops:
@@ -68,7 +72,7 @@ def delegate_report(blob):
         if name == "DELEGATE":
             continue
         op_counts[name] = op_counts.get(name, 0) + 1
-        produced = {int(i) for i in op["outputs"]}
+        produced = indices(op, "outputs")
         if produced & delegated_out:
             continue
         if produced & (delegated_in | outputs):

@@ -5,7 +5,7 @@ size, random weights, non-trivial BatchNorm statistics), the same network
 without attention for LiteRT diagnostics, and the single-layer models
 (coordinate attention, a squeeze-and-excitation block, one element-wise
 pass) timed at the network's feature-map shapes. Multiply-adds and
-parameters come from `macs.py`.
+parameters come from `keras_coordatt.counting`.
 """
 
 import numpy as np
@@ -72,12 +72,13 @@ def all_layers(model):
 
 def model_counts(models):
     """name -> MACs and parameters, and the CA / base ratios."""
-    from macs import count_macs
-    from macs import count_params
+    from keras_coordatt.counting import count_each
+    from keras_coordatt.counting import count_params
 
     counts = {}
+    counted = count_each(models)
     for name, model in models.items():
-        macs = count_macs(model)
+        macs = counted[name]
         params = count_params(model)
         counts[name] = {
             "macs": macs["total"],

@@ -71,13 +71,13 @@ def _randomize_bn(model, seed=0):
 
 def _weight_scale_counts(model_bytes):
     """Op name -> the number of int8 scales of each of its kernels."""
-    interpreter = q.evaluate.interpreter(model_bytes)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    from keras_coordatt import litert
+
     counts = {}
-    for op in interpreter._get_ops_details():
+    for op in litert.ops(model_bytes):
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D",
                              "FULLY_CONNECTED"):
-            kernel = tensors[int(op["inputs"][1])]
+            kernel = op["inputs"][1]
             counts.setdefault(op["op_name"], []).append(
                 len(kernel["quantization_parameters"]["scales"]))
     return counts

@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from keras_coordatt import litert
 from keras_coordatt.backend import require_tensorflow
 
 FORMATS = ("keras", "keras-hub", "saved_model", "litert", "onnx")
@@ -152,45 +153,10 @@ def export_saved_model(model, directory, input_name="image",
     }
 
 
-def tflite_op_names(model):
-    """The sorted, distinct builtin op names of a TFLite model.
-
-    Args:
-        model: the flatbuffer as bytes, or a path to a `.tflite` file.
-    """
-    interpreter = _litert_interpreter(model)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
-
-
-def _litert_interpreter(model, num_threads=1):
-    interpreter = _quantization_module().evaluate.interpreter(
-        model, num_threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def litert_output_step(model):
-    """The int8 quantization step of a LiteRT model's output, or None.
-
-    For a full-integer model with a float output (`DEQUANTIZE` last), the
-    scale of the int8 tensor it dequantizes: the resolution of the output
-    (1/256 for a softmax).
-
-    Args:
-        model: the flatbuffer as bytes, or a path to a `.tflite` file.
-    """
-    interpreter = _quantization_module().evaluate.interpreter(model)
-    output = interpreter.get_output_details()[0]
-    scale = float(output["quantization"][0])
-    if scale:  # an int8 output
-        return scale
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    for op in interpreter._get_ops_details():
-        if output["index"] in list(op["outputs"]) and \
-                op["op_name"] == "DEQUANTIZE":
-            scale = float(tensors[int(op["inputs"][0])]["quantization"][0])
-            return scale or None
-    return None
+# The LiteRT helpers live in `keras_coordatt.litert`; the exporter reads
+# them under these names.
+tflite_op_names = litert.op_names
+litert_output_step = litert.output_step
 
 
 def check_builtin_float(model_bytes):
@@ -253,7 +219,7 @@ def export_litert(model, path, int8=False, representative_data=None,
         ops = check_builtin_float(model_bytes)
     with open(path, "wb") as f:
         f.write(model_bytes)
-    interpreter = _litert_interpreter(model_bytes)
+    interpreter = litert.interpreter(model_bytes, 1, allocate=True)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     return {
@@ -384,15 +350,8 @@ def predict_tfsm_layer(directory, images):
 
 def predict_litert(path, images):
     """Runs a `.tflite` model image by image with the LiteRT interpreter."""
-    interpreter = _litert_interpreter(os.fspath(path))
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
-    for image in np.asarray(images, "float32"):
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"])[0].copy())
-    return np.stack(results)
+    return litert.predict(os.fspath(path), np.asarray(images, "float32"),
+                          num_threads=1)[0]
 
 
 def predict_onnx(path, images):

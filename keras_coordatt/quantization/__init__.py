@@ -22,13 +22,13 @@ Nothing here imports TensorFlow at import time; the converters import it
 when called (they need the TensorFlow backend).
 """
 
-from keras_coordatt.quantization.convert import check_int8
+from keras_coordatt.litert import check_int8
+from keras_coordatt.litert import inspect as inspect_tflite
+from keras_coordatt.litert import predict as predict_tflite
 from keras_coordatt.quantization.convert import convert_float
 from keras_coordatt.quantization.convert import convert_ptq
 from keras_coordatt.quantization.convert import convert_qat
-from keras_coordatt.quantization.convert import inspect_tflite
 from keras_coordatt.quantization.evaluate import evaluate_tflite
-from keras_coordatt.quantization.evaluate import predict_tflite
 from keras_coordatt.quantization.layers import ActivationQuantizer
 from keras_coordatt.quantization.layers import QuantConv2D
 from keras_coordatt.quantization.layers import QuantCBAM

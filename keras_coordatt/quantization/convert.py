@@ -14,15 +14,11 @@ import os
 import numpy as np
 
 from keras_coordatt.backend import require_tensorflow
-from keras_coordatt.quantization import evaluate
+# The int8 check and the op listing run the LiteRT interpreter, in
+# `keras_coordatt.litert`; these names stay importable from here.
+from keras_coordatt.litert import check_int8
+from keras_coordatt.litert import inspect as inspect_tflite  # noqa: F401
 from keras_coordatt.quiet import native_output_hidden
-
-# Ops allowed to touch float tensors: the (de)quantization at the model's
-# float inputs and outputs.
-_IO_OPS = ("QUANTIZE", "DEQUANTIZE")
-# Tensor types of an int8 model: int8 activations and weights, int32
-# biases and shape operands.
-_INT8_TYPES = ("int8", "int32")
 
 
 def _tf():
@@ -187,91 +183,3 @@ def convert_qat(qat_model, int8_io=False, path=None):
         model_bytes = converter.convert()
     check_int8(model_bytes, int8_io=int8_io)
     return _write(model_bytes, path)
-
-
-def inspect_tflite(model):
-    """Lists the ops and tensor types of a TFLite model.
-
-    Args:
-        model: TFLite flatbuffer bytes or a `.tflite` path.
-
-    Returns:
-        A dict: `ops` (list of `(op_name, input dtypes, output dtypes)`),
-        `op_counts` (op name -> count), `tensor_types` (dtype name -> count),
-        `input_types` and `output_types` (dtype names), `size` (bytes).
-    """
-    interpreter = evaluate.interpreter(model)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-
-    def dtype(index):
-        return np.dtype(tensors[index]["dtype"]).name if index in tensors \
-            else "unknown"
-
-    ops = []
-    for op in interpreter._get_ops_details():
-        ins = [dtype(i) for i in op["inputs"] if i >= 0]
-        outs = [dtype(i) for i in op["outputs"] if i >= 0]
-        ops.append((op["op_name"], ins, outs))
-    op_counts, tensor_types = {}, {}
-    for name, _, _ in ops:
-        op_counts[name] = op_counts.get(name, 0) + 1
-    for t in tensors.values():
-        name = np.dtype(t["dtype"]).name
-        tensor_types[name] = tensor_types.get(name, 0) + 1
-    size = len(model) if isinstance(model, (bytes, bytearray)) else \
-        os.path.getsize(model)
-    return {
-        "ops": ops,
-        "op_counts": op_counts,
-        "tensor_types": tensor_types,
-        "input_types": [np.dtype(d["dtype"]).name
-                        for d in interpreter.get_input_details()],
-        "output_types": [np.dtype(d["dtype"]).name
-                         for d in interpreter.get_output_details()],
-        "size": size,
-    }
-
-
-def check_int8(model, int8_io=False):
-    """Checks that every op of a TFLite model computes in int8.
-
-    Passes when all tensors are int8 or int32 (biases, shapes), except the
-    model's float input/output when `int8_io` is False, which only
-    QUANTIZE/DEQUANTIZE ops may touch; and no op is a Flex (TF) or custom op.
-
-    Args:
-        model: TFLite flatbuffer bytes or a `.tflite` path.
-        int8_io: whether the input and output must be int8 too.
-
-    Returns:
-        The `inspect_tflite` report.
-
-    Raises:
-        ValueError: naming the offending ops (with their tensor types).
-    """
-    report = inspect_tflite(model)
-    offending = []
-    for name, ins, outs in report["ops"]:
-        types = set(ins + outs)
-        if name.startswith("Flex") or name in ("CUSTOM", "DELEGATE"):
-            offending.append(f"{name} (Flex/custom op)")
-        elif name in _IO_OPS and not int8_io:
-            # float <-> int8 at the boundary only.
-            if not types <= {"float32", "int8"}:
-                offending.append(f"{name} {ins}->{outs}")
-        elif not types <= set(_INT8_TYPES):
-            offending.append(f"{name} {ins}->{outs}")
-    io_types = set(report["input_types"] + report["output_types"])
-    expected_io = {"int8"} if int8_io else {"float32"}
-    if io_types != expected_io:
-        offending.append(
-            f"model I/O types {sorted(io_types)} (expected "
-            f"{sorted(expected_io)})"
-        )
-    if offending:
-        raise ValueError(
-            "The TFLite model is not fully int8: these ops compute in float "
-            "or are not TFLite builtins: " + "; ".join(offending)
-            + f". Op counts: {report['op_counts']}"
-        )
-    return report
