@@ -56,16 +56,6 @@ def test_mac_counter_on_a_hand_counted_model():
     assert result["attention_elementwise"] == 4 * 4 * 3 * 32
 
 
-def test_mac_counter_matches_the_paper_at_224():
-    with_ca = macs.count_macs(MobileNetV2CA(weights=None))
-    base = macs.count_macs(keras.applications.MobileNetV2(weights=None))
-    # MobileNetV2 1.0 @ 224: 300.8M; the CA convolutions add 5.9M.
-    assert abs(base["total"] - 300.8e6) / 300.8e6 < 0.02
-    assert abs(with_ca["attention"] - 5.9e6) / 5.9e6 < 0.02
-    assert with_ca["total"] - with_ca["attention"] == base["total"]
-    assert 1.015 < with_ca["total"] / base["total"] < 1.025
-
-
 def test_report_remakes_the_stored_results_md():
     """report.py (no measuring) turns the stored results.json into the
     stored results.md, byte for byte, and recomputes its derived numbers."""
@@ -106,7 +96,7 @@ def test_benchmarks_import_nothing_from_tests():
                 assert not node.value.startswith("tests/"), name
 
 
-def _run(tmp_path, *extra, timeout=300):
+def _run(tmp_path, *extra, timeout=600):
     out = tmp_path / "results"
     env = dict(os.environ)
     env.pop("KERAS_BACKEND", None)
