@@ -57,9 +57,13 @@ for _path in (ROOT, HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from keras_coordatt.layers.registry import attention_names  # noqa: E402
+from keras_coordatt.layers.registry import get_attention  # noqa: E402
+
 SCHEMA_VERSION = 1
-KINDS = ("none", "se", "cbam", "ca")
-ATTENTION = {"none": False, "se": "se", "cbam": "cbam", "ca": "ca"}
+# "none" and every registered attention kind: a kind registered with
+# `register_attention` is compared with no edit here.
+KINDS = ("none",) + attention_names()
 RECIPE = "digits"
 RESULTS = "attention_comparison"
 # The depthwise activations of the expanding blocks of
@@ -280,7 +284,7 @@ def measure_kind(kind, seed, config, source, data, work_dir):
     run_dir = os.path.join(work_dir, f"{kind}-seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
     result = train(config, overrides=dict(
-        attention=ATTENTION[kind], seed=seed, output_dir=run_dir,
+        attention=kind != "none" and kind, seed=seed, output_dir=run_dir,
     ), source=source, verbose=0)
     trained = time.time()
     blob = convert_ptq(result.model, data["representative"],
@@ -506,8 +510,10 @@ def _pct(stats):
     return text
 
 
-LABELS = {"none": "none (MobileNetV2)", "se": "SE", "cbam": "CBAM",
-          "ca": "CA"}
+def _label(kind):
+    if kind == "none":
+        return "none (MobileNetV2)"
+    return f"{get_attention(kind).__name__} (`{kind}`)"
 
 
 def report_markdown(result):
@@ -541,7 +547,7 @@ def report_markdown(result):
     for kind, row in result["kinds"].items():
         lat = row["int8_latency"]
         lines.append(
-            f"| {LABELS[kind]} | {row['params']['trainable']:,} | "
+            f"| {_label(kind)} | {row['params']['trainable']:,} | "
             f"{row['macs'] / 1e6:.2f}M | {_pct(row['top1'])} | "
             f"{_pct(row['int8_top1'])} | {lat['median_ms']:.3f} / "
             f"{lat['cpu_median_ms']:.3f} |")
