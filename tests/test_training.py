@@ -7,6 +7,7 @@ digits command line to >= 0.90 validation accuracy, and a SIGKILLed run
 resumed to the same optimizer step count.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -635,14 +636,19 @@ def test_backup_round_trip(tmp_path):
     assert backup.read_state() is None
     state = backup.save(model, phase=0, epoch=1, step=2, best=0.5,
                         steps_per_epoch=7)
+    weights_file = os.path.join(backup.directory, state["weights"])
+    with open(weights_file, "rb") as f:
+        sha256 = hashlib.sha256(f.read()).hexdigest()
     assert state == {"phase": 0, "epoch": 1, "step": 2, "iterations": 4,
                      "best": 0.5, "weights": "ckpt-000000004.weights.h5",
-                     "steps_per_epoch": 7}
+                     "steps_per_epoch": 7, "sha256": sha256}
     assert backup.read_state() == state
     model.fit(x, y, batch_size=2, epochs=1, verbose=0)  # 6 steps
     backup.save(model, phase=0, epoch=2, step=0)
+    # The previous backup stays until the next one is written.
     assert sorted(os.listdir(backup.directory)) == [
-        "ckpt-000000006.weights.h5", "state.json"]
+        "ckpt-000000004.weights.h5", "ckpt-000000006.weights.h5",
+        "state.json"]
     fresh = _tiny_model()
     backup.restore(fresh)
     assert int(fresh.optimizer.iterations.numpy()) == 6

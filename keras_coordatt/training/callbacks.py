@@ -3,25 +3,38 @@
 `keras.callbacks.BackupAndRestore` restores the epoch but not the step a run
 reached, so a run killed mid-epoch repeats that epoch's steps. `TrainingBackup`
 and `BackupAndRestore` here record the step too, write every backup
-atomically (a new weights file, then one `os.replace` of `state.json`), and
-let `train()` finish the interrupted epoch with exactly its missing steps:
-the resumed run ends with as many optimizer steps as an uninterrupted one.
+atomically (a new weights file flushed to the disk, then one rename of
+`state.json`), and let `train()` finish the interrupted epoch with exactly
+its missing steps: the resumed run ends with as many optimizer steps as an
+uninterrupted one.
+
+Every backup records the sha256 of its weights file, and the previous
+backup stays on disk until the next one is written and checked, so that a
+damaged latest backup (a disk error, a truncated copy) falls back to the
+previous one instead of resuming from garbage.
 
 Layout of a backup directory:
 
     state.json              {"phase", "epoch", "step", "iterations", "best",
-                             "weights"}: resume in `phase` at `epoch`,
-                             after `step` of its steps.
-    ckpt-000123.weights.h5  model + optimizer variables at iteration 123.
+                             "weights", "sha256", "previous"}: resume in
+                             `phase` at `epoch`, after `step` of its steps;
+                             `previous` is the backup before it.
+    ckpt-000123.weights.h5  model + optimizer variables at iteration 123
+                            (the latest backup's and the previous one's).
 """
 
+import hashlib
 import json
 import os
+import warnings
 
 import keras
 import tensorflow as tf
 
+from keras_coordatt.utils import atomic
+
 STATE_FILE = "state.json"
+_PREVIOUS = "previous"
 
 
 class TrainingBackup:
@@ -39,15 +52,49 @@ class TrainingBackup:
     def state_path(self):
         return os.path.join(self.directory, STATE_FILE)
 
-    def read_state(self):
-        """Returns the last backed-up position (a dict), or None."""
-        if not tf.io.gfile.exists(self.state_path):
-            return None
-        with tf.io.gfile.GFile(self.state_path, "r") as f:
-            return json.loads(f.read())
+    def read_state(self, verify=True):
+        """Returns the newest backed-up position with intact weights.
+
+        The latest backup's weights file is checked against the sha256 its
+        state records; a missing or damaged one falls back, with a warning,
+        to the previous backup.
+
+        Args:
+            verify: False returns the latest state unchecked (to say that
+                a folder holds a backup, not to resume from it).
+
+        Returns:
+            The state (a dict), or None when there is no backup.
+
+        Raises:
+            ValueError: `state.json` unreadable, or no intact backup (the
+                message names the damaged files).
+        """
+        stored = self._read_state_file()
+        if stored is None or not verify:
+            return stored and _public(stored)
+        state, problems = self._newest_intact(stored)
+        if state is None:
+            raise ValueError(
+                f"No intact training backup in {self.directory} to resume "
+                f"from: {'; '.join(problems)}. Delete the backup folder to "
+                "start the run again, or restore it from a copy."
+            )
+        if problems:
+            warnings.warn(
+                f"The latest training backup is damaged: {problems[0]}. "
+                f"Resuming from the previous backup ({state['weights']}: "
+                f"phase {state['phase']}, epoch {state['epoch']}, step "
+                f"{state['step']}).", stacklevel=2,
+            )
+        return _public(state)
 
     def save(self, model, *, phase, epoch, step, best=None, **extra):
         """Backs up `model` (weights and optimizer) at a position.
+
+        The new weights file is written under its own name, flushed and
+        hashed; only once `state.json` points to it is the backup before
+        the previous one deleted.
 
         Args:
             model: the compiled model.
@@ -59,7 +106,7 @@ class TrainingBackup:
             **extra: more JSON values to record (e.g. `steps_per_epoch`).
 
         Returns:
-            The state dict written.
+            The state dict written (without its `previous`).
         """
         tf.io.gfile.makedirs(self.directory)
         # JAX's `fit` keeps the training state out of the model's variables
@@ -69,20 +116,33 @@ class TrainingBackup:
             sync()
         iterations = int(keras.ops.convert_to_numpy(
             model.optimizer.iterations))
+        previous = self._previous()
         weights = f"ckpt-{iterations:09d}.weights.h5"
-        model.save_weights(os.path.join(self.directory, weights))
+        if previous is not None and previous["weights"] == weights:
+            # The same iteration again (an epoch end after a mid-epoch save
+            # at its last step, or a new phase's optimizer): the previous
+            # file must stay as its checksum says.
+            weights = f"ckpt-{iterations:09d}b.weights.h5"
+        path = os.path.join(self.directory, weights)
+        self._write(path, model.save_weights)
         state = {
             "phase": int(phase), "epoch": int(epoch), "step": int(step),
             "iterations": iterations,
             "best": None if best is None else float(best),
             "weights": weights, **extra,
+            # Of the bytes on the disk, read back after the flush.
+            "sha256": _sha256(path),
         }
-        temporary = self.state_path + ".tmp"
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(json.dumps(state))
-        tf.io.gfile.rename(temporary, self.state_path, overwrite=True)
+        stored = dict(state)
+        if previous is not None:
+            stored[_PREVIOUS] = previous
+        self._write(self.state_path, lambda tmp: _write_text(
+            tmp, json.dumps(stored)))
+        kept = {weights, STATE_FILE} | (
+            {previous["weights"]} if previous else set())
         for name in tf.io.gfile.listdir(self.directory):
-            if name.startswith("ckpt-") and name != weights:
+            if name.startswith(("ckpt-", atomic.TMP_PREFIX)) and (
+                    name not in kept):
                 tf.io.gfile.remove(os.path.join(self.directory, name))
         return state
 
@@ -98,19 +158,121 @@ class TrainingBackup:
 
         Returns:
             The state dict, or None when there is no backup.
+
+        Raises:
+            ValueError: the weights file does not load into `model`.
         """
         state = state or self.read_state()
         if state is None:
             return None
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(self.directory, state["weights"]))
+        path = os.path.join(self.directory, state["weights"])
+        try:
+            model.load_weights(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"The training backup {path} does not load into the model "
+                f"({type(e).__name__}: {str(e)[:200]!r}). "
+                "Resume with the settings of the interrupted run, or delete "
+                "the backup folder to start again."
+            ) from e
         return state
 
     def clear(self):
         """Deletes the backup (after a completed run)."""
         if tf.io.gfile.exists(self.directory):
             tf.io.gfile.rmtree(self.directory)
+
+    def _read_state_file(self):
+        if not tf.io.gfile.exists(self.state_path):
+            return None
+        try:
+            with tf.io.gfile.GFile(self.state_path, "r") as f:
+                state = json.loads(f.read())
+            if not isinstance(state, dict):
+                raise TypeError(f"a JSON {type(state).__name__}")
+            missing = sorted({"phase", "epoch", "step", "iterations",
+                              "weights"} - set(state))
+            problem = missing and f"keys {missing} missing"
+        except (ValueError, TypeError, RecursionError) as e:
+            problem = f"{type(e).__name__}: {e}"[:200]
+        if problem:
+            raise ValueError(
+                f"The training backup state {self.state_path} is damaged "
+                f"({problem}). Delete the backup folder to start the run "
+                "again, or restore it from a copy."
+            )
+        return state
+
+    def _newest_intact(self, stored):
+        """`(state, problems)`: the newest of the stored state and its
+        previous one whose weights match their checksum (None if neither),
+        and what is wrong with the ones skipped."""
+        problems = []
+        for state in (stored, stored.get(_PREVIOUS)):
+            if not state:
+                continue
+            problem = self._damage(state)
+            if problem is None:
+                return state, problems
+            problems.append(problem)
+        return None, problems
+
+    def _damage(self, state):
+        """What is wrong with a state's weights file, or None."""
+        path = os.path.join(self.directory, str(state.get("weights")))
+        if not tf.io.gfile.exists(path):
+            return f"{path} is missing"
+        expected = state.get("sha256")
+        if expected is None:  # Written before backups had checksums.
+            return None
+        actual = _sha256(path)
+        if actual != expected:
+            return (f"{path} is damaged (sha256 {actual[:16]}..., recorded "
+                    f"{expected[:16]}...)")
+        return None
+
+    def _previous(self):
+        """The newest intact backup on disk, without its own previous one:
+        checked again (the disk may have changed since it was written)."""
+        try:
+            stored = self._read_state_file()
+        except ValueError:  # Unreadable: the new state replaces it.
+            return None
+        state = stored and self._newest_intact(stored)[0]
+        return _public(state) if state else None
+
+    def _write(self, path, write):
+        """`write(temporary path)`, then the temporary renamed to `path`:
+        locally flushed to the disk first (`atomic.atomic_file`)."""
+        if "://" not in path:
+            with atomic.atomic_file(path) as tmp:
+                write(tmp)
+            return
+        # Object stores: no fsync to call. The name keeps `path`'s suffix
+        # (`save_weights` checks it); `save` removes a killed one's.
+        temporary = os.path.join(os.path.dirname(path),
+                                 atomic.TMP_PREFIX + os.path.basename(path))
+        write(temporary)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _public(state):
+    return {k: v for k, v in state.items() if k != _PREVIOUS}
+
+
+def _write_text(path, text):
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class BackupAndRestore(keras.callbacks.Callback):

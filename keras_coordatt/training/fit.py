@@ -67,11 +67,16 @@ from keras_coordatt.training.strategy import get_strategy
 from keras_coordatt.training.strategy import is_multi_worker
 from keras_coordatt.training.strategy import worker_dir
 from keras_coordatt.training.tasks import get_task
+from keras_coordatt.utils.atomic import atomic_file
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 _MESSAGE_LIMIT = 300  # characters of a wrapped error's message.
+# The config keys that shape the network's variables: a resumed run must
+# keep them (the number of classes is the backup state's `num_classes`).
+_ARCHITECTURE_KEYS = ("task", "model", "alpha", "attention", "reduction",
+                      "image_size", "transfer")
 
 
 class TrainingError(ValueError):
@@ -298,7 +303,11 @@ def _open_run(config, strategy, resume, started):
     # same on all of them), so that they all continue at the same step.
     restore_backup = callbacks_lib.TrainingBackup(
         os.path.join(output_dir, "backup"))
-    state = restore_backup.read_state()
+    if resume and (tf.io.gfile.exists(restore_backup.state_path)
+                   or _completed(output_dir)):
+        # Before anything in the folder changes (its config.json).
+        _check_same_architecture(config, output_dir)
+    state = restore_backup.read_state(verify=resume)
     num_workers = 1
     if is_multi_worker(strategy):
         num_workers = _num_workers(strategy)
@@ -329,6 +338,36 @@ def _open_run(config, strategy, resume, started):
         best=state.get("best") if state else None, output_dir=output_dir,
         restore_backup=restore_backup, num_workers=num_workers,
     )
+
+
+def _check_same_architecture(config, output_dir):
+    """Raises when `config` builds another network than the run in
+    `output_dir` (its backup would not load, or load into the wrong one)."""
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(
+            f"Could not read the config of the run to resume. Received: "
+            f"{path!r} ({type(e).__name__})") from e
+    new = config.to_dict()
+    for key in _ARCHITECTURE_KEYS:
+        old_value, new_value = (_same_form(d.get(key)) for d in (saved, new))
+        if key in saved and old_value != new_value:
+            raise ValueError(
+                f"--resume (resume=True) must build the network of the run "
+                f"in {output_dir}: `{key}` was {saved[key]!r} there. "
+                f"Received: {key}={new[key]!r}; resume with {key}="
+                f"{saved[key]!r} or choose another output_dir."
+            )
+
+
+def _same_form(value):
+    # `attention=True` is the coordinate attention, as "ca" is.
+    return "ca" if value is True else value
 
 
 def _num_workers(strategy):
@@ -457,6 +496,13 @@ def _check_steps(run):
             "interrupted run. Received: per_replica_batch_size="
             f"{config.per_replica_batch_size}"
         )
+    if state is not None and state.get("num_classes") not in (
+            None, run.source.num_classes):
+        raise ValueError(
+            f"The backup was written for {state['num_classes']} classes, "
+            f"this run's data has {run.source.num_classes}. Resume with the "
+            f"interrupted run's data. Received: dataset={config.dataset!r}"
+        )
 
 
 def _check_given_model(model, config):
@@ -489,8 +535,8 @@ def _build(run):
                 "build", config, run.source.num_classes, run.policy)
     if run.state is None:
         _clear_logs(run.run_dir)
-    with open(os.path.join(run.run_dir, CONFIG_FILE), "w",
-              encoding="utf-8") as f:
+    with atomic_file(os.path.join(run.run_dir, CONFIG_FILE)) as tmp, open(
+            tmp, "w", encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2)
     source = run.source
     workers = ""
@@ -547,7 +593,8 @@ def _run_phase(run, phase, index, verbose):
     the phase's history (and keeps the best monitored value in `run`)."""
     _compile(run, phase)
     tag = "" if phase.name == "full" else phase.name
-    extra = {"steps_per_epoch": run.steps_per_epoch}
+    extra = {"steps_per_epoch": run.steps_per_epoch,
+             "num_classes": run.source.num_classes}
     callbacks, backup_callback, best_checkpoint = (
         callbacks_lib.make_callbacks(
             run.run_dir, backup=run.backup, save_every=run.config.backup_every,

@@ -19,7 +19,9 @@ command-line `key=value` pairs into such a dict.
 
 import dataclasses
 import json
+import math
 import os
+import re
 import typing
 from typing import Optional, Tuple, Union
 
@@ -34,6 +36,13 @@ MODEL_NAMES = application_names()
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# A JSON config file may start from a recipe that is another file: at most
+# this many files in a chain (a file naming itself would never end).
+MAX_RECIPE_CHAIN = 8
+# Nesting depth of the JSON a config file or `--set` value may hold (a
+# config is a flat object of numbers, strings and pairs): bounded before
+# parsing, so that a hostile file cannot exhaust the parser's recursion.
+MAX_JSON_DEPTH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +230,13 @@ class TrainConfig:
         for name in ("alpha", "base_learning_rate", "eval_crop_fraction",
                      "anchor_size"):
             _at_least(name, getattr(self, name), 0.0, strict=True)
+        # Fractions: Keras' SGD takes momentum in [0, 1], its cross-entropy
+        # label_smoothing in [0, 1], its Dropout a rate in [0, 1).
+        for name in ("momentum", "label_smoothing",
+                     "final_learning_rate_fraction"):
+            _at_least(name, getattr(self, name), 0, maximum=1.0)
+        _at_least("head_dropout", self.head_dropout, 0, maximum=1.0,
+                  strict_maximum=True)
         if self.reduction is not None:
             _at_least("reduction", self.reduction, 1)
         for name in ("image_size", "per_replica_batch_size",
@@ -229,9 +245,8 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("epochs", "frozen_epochs", "backup_every",
                      "bn_recalibration_steps",
-                     "warmup_epochs", "weight_decay", "momentum",
-                     "final_learning_rate_fraction", "label_smoothing",
-                     "head_dropout", "finetune_learning_rate_factor"):
+                     "warmup_epochs", "weight_decay",
+                     "finetune_learning_rate_factor"):
             _at_least(name, getattr(self, name), 0)
         if self.image_size < 32:
             raise ValueError(
@@ -519,27 +534,40 @@ def get_config(name_or_path="digits", overrides=None):
         ValueError: unknown recipe, unreadable file, unknown field, or a
             value of the wrong type or range.
     """
+    return _resolve(name_or_path, ()).replace(**(overrides or {}))
+
+
+def _resolve(name_or_path, chain):
+    """The config a recipe name or file names; `chain`: the real paths of
+    the files that led here (each names the next as its recipe)."""
     if isinstance(name_or_path, TrainConfig):
-        config = name_or_path
-    elif name_or_path in RECIPES:
-        config = RECIPES[name_or_path]()
-    elif isinstance(name_or_path, (str, os.PathLike)) and os.path.isfile(
+        return name_or_path
+    if isinstance(name_or_path, str) and name_or_path in RECIPES:
+        return RECIPES[name_or_path]()
+    if isinstance(name_or_path, (str, os.PathLike)) and os.path.isfile(
         name_or_path
     ):
-        config = _from_json(os.fspath(name_or_path))
-    else:
+        return _from_json(os.fspath(name_or_path), chain)
+    raise ValueError(
+        "`config` must be a recipe name or a JSON file. Received: "
+        f"config={name_or_path!r}; recipes: {', '.join(RECIPES)}"
+    )
+
+
+def _from_json(path, chain=()):
+    real = os.path.realpath(path)
+    if real in chain or len(chain) >= MAX_RECIPE_CHAIN:
         raise ValueError(
-            "`config` must be a recipe name or a JSON file. Received: "
-            f"config={name_or_path!r}; recipes: {', '.join(RECIPES)}"
+            "A config file's `recipe` chain must end in a recipe name within "
+            f"{MAX_RECIPE_CHAIN} files, without a loop. Received: config="
+            f"{path!r} reached through {' -> '.join(chain + (real,))}"
         )
-    return config.replace(**(overrides or {}))
-
-
-def _from_json(path):
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            text = f.read()
+        _check_json_depth(text, f"config={path!r}")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(
             f"Could not read the config file. Received: config={path!r} "
             f"({e})"
@@ -551,8 +579,27 @@ def _from_json(path):
         )
     data = dict(data)
     recipe = data.pop("recipe", None)
-    base = get_config(recipe) if recipe is not None else TrainConfig()
+    base = TrainConfig() if recipe is None else _resolve(
+        recipe, chain + (real,))
     return base.replace(**data)
+
+
+def _check_json_depth(text, received):
+    """Raises when JSON `text` nests deeper than `MAX_JSON_DEPTH` (counted
+    on its brackets outside strings, before any parsing)."""
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    depth = deepest = 0
+    for char in brackets:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise ValueError(
+            f"Config JSON may nest at most {MAX_JSON_DEPTH} levels. "
+            f"Received: {received} nesting {deepest} levels"
+        )
 
 
 def parse_overrides(pairs):
@@ -579,6 +626,7 @@ def parse_overrides(pairs):
                 "Overrides must look like `key=value`. Received: "
                 f"{pair!r}"
             )
+        _check_json_depth(raw, f"{key}=<{len(raw)} characters>")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -644,9 +692,11 @@ def _coerce(name, value, hint):
             return value
         raise _type_error(name, value, "an integer")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # JSON's NaN and Infinity parse as floats; no field means them.
+        if isinstance(value, (int, float)) and not isinstance(
+                value, bool) and math.isfinite(value):
             return float(value)
-        raise _type_error(name, value, "a number")
+        raise _type_error(name, value, "a finite number")
     if hint is str:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
@@ -670,10 +720,19 @@ def _choice(name, value, choices):
         )
 
 
-def _at_least(name, value, minimum, strict=False):
-    if value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
+def _at_least(name, value, minimum, strict=False, maximum=None,
+              strict_maximum=False):
+    """Raises unless `value` is finite, >= `minimum` (> if `strict`) and,
+    given a `maximum`, <= it (< if `strict_maximum`)."""
+    low = value > minimum if strict else value >= minimum
+    high = maximum is None or (
+        value < maximum if strict_maximum else value <= maximum)
+    # NaN fails every comparison; written as `not (ok)` so that it fails.
+    if not (math.isfinite(value) and low and high):
+        accepted = f"{'>' if strict else '>='} {minimum}"
+        if maximum is not None:
+            accepted += f" and {'<' if strict_maximum else '<='} {maximum}"
         raise ValueError(
-            f"`{name}` must be {relation} {minimum}. Received: "
+            f"`{name}` must be {accepted}, a finite number. Received: "
             f"{name}={value!r}"
         )

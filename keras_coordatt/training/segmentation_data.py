@@ -23,14 +23,25 @@ Datasets (`dataset=`):
 - `"tfds:NAME"`: the tensorflow-datasets segmentation datasets of
   `TFDS_SEGMENTATION` (`oxford_iiit_pet`: see its entry for the classes).
 - `"folder:PATH"`: `PATH/images/STEM.jpg|png|...` with `PATH/masks/STEM.png`,
-  single-channel PNG masks holding class ids; the classes are `0..max id`
-  over all masks (read once when the source is made), a seeded
-  `validation_fraction` of the pairs is held out.
+  PNG masks holding class ids: palette PNGs (Pascal VOC's format) by their
+  palette index, grayscale PNGs by value, 16-bit ones too; RGB masks are
+  refused (colours are not ids). The value `IGNORE_INDEX` (255, VOC's
+  outline) marks pixels that no loss or metric counts: they get weight 0
+  in the batches. The classes are those of `PATH/classes.txt` (one name a
+  line) where it exists, else `0..max id` over all masks; every mask is
+  read once when the source is made and checked against them. A seeded
+  `validation_fraction` of the pairs is held out. Reading masks takes
+  Pillow (the `datasets` extra).
+
+Batches of a source with ignored pixels (`SegmentationSource.ignore_index`
+set) are `(images, masks, weights)`: the ignored pixels' ids replaced by 0,
+their weights 0.
 """
 
+import concurrent.futures
 import dataclasses
 import os
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +55,23 @@ from keras_coordatt.training.tasks import dataset_forms
 DIGITS_SEG_EXAMPLES = {"train": 1024, "validation": 256}
 DIGITS_SEG_CLASSES = ("background",) + tuple(str(d) for d in range(10))
 _MASK_SUFFIX = ".png"
+IGNORE_INDEX = 255
+CLASSES_FILE = "classes.txt"
+# Pillow's modes of PNGs that hold one id per pixel: palette indices,
+# 1/8/16-bit grey values (16-bit PNGs open as "I;16*" or "I").
+_ID_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
+
+
+@dataclasses.dataclass
+class SegmentationSource(data_lib.ImageSource):
+    """An `ImageSource` of `(image, mask)` examples.
+
+    Attributes:
+        ignore_index: the mask value of pixels no loss or metric counts,
+            set when some mask holds it (None: every pixel counts).
+    """
+
+    ignore_index: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,22 +268,34 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
     )
 
 
-def from_folder(path, validation_fraction=0.1, seed=0):
+def from_folder(path, validation_fraction=0.1, seed=0, *, num_classes=None,
+                ignore_index=IGNORE_INDEX):
     """`PATH/images/STEM.*` with `PATH/masks/STEM.png` as a source.
 
     Args:
         path: the folder.
         validation_fraction: share of the pairs held out (seeded).
         seed: seed of the held-out split.
+        num_classes: the classes the masks may hold (ids `0..N-1`);
+            default: the lines of `PATH/classes.txt`, else `max id + 1`.
+        ignore_index: mask value of the pixels to ignore (weight 0), or
+            None (every value is a class id).
 
     Returns:
-        An `ImageSource` named `"folder:PATH"` with `max id + 1` classes.
+        A `SegmentationSource` named `"folder:PATH"`.
 
     Raises:
-        ValueError: no such folder, missing subfolders or masks, or too
-            few pairs to hold out a validation split.
+        ValueError: no such folder, missing subfolders or masks, too few
+            pairs to hold out a validation split, a mask that is not of
+            class ids (RGB), or an id outside the classes (naming the
+            file).
     """
     pairs = _folder_pairs(path)
+    class_names = _folder_classes(path)
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
+    num_classes, found_ignore = _scan_masks(
+        [mask for _, mask in pairs], num_classes, ignore_index)
     order = np.random.default_rng(seed).permutation(len(pairs))
     held = max(1, int(round(validation_fraction * len(pairs))))
     if len(pairs) - held < 1:
@@ -272,18 +312,98 @@ def from_folder(path, validation_fraction=0.1, seed=0):
         ds = tf.data.Dataset.from_tensor_slices((images, masks))
         return ds.map(_read_pair, num_parallel_calls=data_lib.AUTOTUNE)
 
-    largest = read(pairs).reduce(
-        tf.constant(0, tf.int32),
-        lambda top, example: tf.maximum(top, tf.reduce_max(example[1])))
-
     def make_train(input_context=None, seed=0):
         del seed  # The pipeline shuffles.
         return data_lib._shard(read(train), input_context)
 
-    return data_lib.ImageSource(
-        name=f"folder:{path}", num_classes=int(largest) + 1,
+    return SegmentationSource(
+        name=f"folder:{path}", num_classes=num_classes,
         train_examples=len(train), val_examples=len(val),
         make_train=make_train, make_val=lambda: read(val),
+        class_names=class_names,
+        ignore_index=ignore_index if found_ignore else None,
+    )
+
+
+def read_mask(path):
+    """The class ids of a mask file: int32 `(H, W)`.
+
+    Palette PNGs give their palette indices (TensorFlow's `decode_png`
+    would give their colours), grayscale ones their values, 16-bit ones
+    their 16-bit values.
+
+    Raises:
+        ValueError: an image of colours (RGB, or with alpha), naming it.
+    """
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError(
+            "Reading segmentation masks needs Pillow: pip install "
+            "'keras-coordatt[datasets]'") from e
+    path = os.fsdecode(path)
+    with Image.open(path) as image:
+        if image.mode not in _ID_MODES:
+            raise ValueError(
+                "A segmentation mask holds one class id per pixel (a "
+                "palette, grayscale or 16-bit PNG); colours are not ids. "
+                f"Received: {path} of mode {image.mode!r}; accepted modes: "
+                f"{', '.join(_ID_MODES)}. Convert it to a palette or "
+                "grayscale PNG of class ids."
+            )
+        return np.asarray(image).astype("int32")
+
+
+def _folder_classes(path):
+    """The class names of `PATH/classes.txt`, or None."""
+    file = os.path.join(path, CLASSES_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(
+            f"{CLASSES_FILE} names the classes, one a line. Received: "
+            f"{file} with none")
+    return names
+
+
+def _scan_masks(files, num_classes, ignore_index):
+    """`(num_classes, whether a mask holds ignore_index)`: every mask read
+    once, its ids checked against the classes (stated or `max id + 1`)."""
+    if None not in (num_classes, ignore_index) and (
+            ignore_index < num_classes):
+        raise ValueError(
+            "`ignore_index` must not be a class id. Received: ignore_index="
+            f"{ignore_index}, num_classes={num_classes}; pass "
+            "ignore_index=None to count every value as a class")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        values = list(pool.map(lambda f: np.unique(read_mask(f)), files))
+    found_ignore = any((v == ignore_index).any() for v in values)
+    ids = [v[v != ignore_index] for v in values]
+    stated = num_classes is not None
+    if not stated:
+        num_classes = 1 + max((int(v.max()) for v in ids if v.size),
+                              default=0)
+    # Inferred classes stop below the ignore value: an id above it would
+    # make the ignored value a class too.
+    limit = num_classes if stated or ignore_index is None else ignore_index
+    for file, file_ids in zip(files, ids):
+        _check_ids(file, file_ids, limit, ignore_index,
+                   hint=limit != num_classes)
+    return num_classes, found_ignore
+
+
+def _check_ids(file, ids, limit, ignore_index, hint):
+    """Raises unless a mask's (sorted, unique) ids are in `0..limit-1`."""
+    if not ids.size or (ids[0] >= 0 and ids[-1] < limit):
+        return
+    bad = int(ids[0] if ids[0] < 0 else ids[-1])
+    ignored = "" if ignore_index is None else f" and {ignore_index} (ignored)"
+    raise ValueError(
+        f"A mask holds an id outside the classes. Received: {file} holds "
+        f"{bad}; accepted: 0..{limit - 1}{ignored}"
+        + ("; pass ignore_index=None when ids exceed it" if hint else "")
     )
 
 
@@ -317,8 +437,11 @@ def _folder_pairs(path):
 def _read_pair(image_file, mask_file):
     image = tf.io.decode_image(tf.io.read_file(image_file), channels=3,
                                expand_animations=False)
-    mask = tf.io.decode_png(tf.io.read_file(mask_file), channels=1)
-    return image, tf.cast(mask[..., 0], tf.int32)
+    # Pillow, not `decode_png`: it reads a palette PNG's indices and a
+    # 16-bit PNG's values as `_scan_masks` checked them.
+    mask = tf.numpy_function(read_mask, [mask_file], tf.int32,
+                             stateful=False)
+    return image, tf.ensure_shape(mask, (None, None))
 
 
 def _as_masks(name, y, image_shape):
@@ -439,7 +562,8 @@ def train_dataset(source, *, image_size, global_batch_size, preprocess,
         return image, mask
 
     return data_lib.training_stream(
-        source, augment=augment, finish=_finish(preprocess),
+        source, augment=augment,
+        finish=_finish(preprocess, getattr(source, "ignore_index", None)),
         global_batch_size=global_batch_size, strategy=strategy,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
         deterministic=deterministic,
@@ -462,18 +586,26 @@ def eval_dataset(source, *, image_size, global_batch_size, preprocess,
         source,
         transform=lambda image, mask: center_crop_pair(
             image, mask, image_size, crop_fraction),
-        finish=_finish(preprocess), global_batch_size=global_batch_size,
+        finish=_finish(preprocess, getattr(source, "ignore_index", None)),
+        global_batch_size=global_batch_size,
         cache=cache, drop_remainder=drop_remainder,
         pad_to_multiple=pad_to_multiple,
     )
 
 
-def _finish(preprocess):
+def _finish(preprocess, ignore_index=None):
     def finish(images, masks, *weights):
         # A per-example weight weighs every pixel of its mask.
         weights = tuple(
             tf.broadcast_to(w[:, None, None], tf.shape(masks))
             for w in weights)
+        if ignore_index is not None:
+            ignored = tf.equal(masks, ignore_index)
+            counted = tf.cast(tf.logical_not(ignored), tf.float32)
+            weights = (counted * weights[0],) if weights else (counted,)
+            # Any valid id: the loss and metrics read it with weight 0
+            # (255 would be out of the logits' range).
+            masks = tf.where(ignored, tf.zeros_like(masks), masks)
         return (preprocess(images), masks, *weights)
 
     return finish
@@ -489,6 +621,8 @@ def _check_sparse(num_classes):
 
 __all__ = [
     "TFDS_SEGMENTATION",
+    "IGNORE_INDEX",
+    "SegmentationSource",
     "TfdsSegmentation",
     "center_crop_pair",
     "eval_dataset",
@@ -499,5 +633,6 @@ __all__ = [
     "load_digits_scenes",
     "load_source",
     "random_crop_pair",
+    "read_mask",
     "train_dataset",
 ]

@@ -3,7 +3,9 @@
 A reader never sees a half-written file or directory: it finds the previous
 version or the complete new one. What a killed process leaves behind carries
 a recognisable temporary name (`.tmp-*` for files, `.<name>.tmp-*` for
-directories) that `remove_stale` can clean up later.
+directories) that `remove_stale` can clean up later. A file is flushed to
+the disk (`fsync`) before its rename, and the directory after it, so that a
+power cut cannot leave the new name pointing at data never written.
 """
 
 import contextlib
@@ -22,8 +24,9 @@ def atomic_file(path):
     The temporary file lives in the same directory (same filesystem, so the
     final `os.replace` is atomic) and ends with `path`'s own name, so writers
     that check the extension (`model.save_weights` wants `.weights.h5`)
-    accept it. It exists, empty, when yielded. On any exception it is
-    removed and `path` is left as it was.
+    accept it. It exists, empty, when yielded. Its bytes reach the disk
+    (`fsync`) before the rename, the rename itself after it. On any
+    exception it is removed and `path` is left as it was.
 
     Args:
         path: the file to produce; its directory must exist.
@@ -36,10 +39,36 @@ def atomic_file(path):
     os.close(fd)
     try:
         yield tmp
+        fsync(tmp)
         os.replace(tmp, path)
+        fsync_directory(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync(path):
+    """Flushes a written file's bytes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory):
+    """Flushes a directory's entries (a rename in it) to the disk, where
+    the platform lets a directory be opened (not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # Some filesystems refuse fsync on a directory.
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
