@@ -112,6 +112,37 @@ def test_imagenet_is_refused_where_none_was_published(toy):
         load_weights(model, "imagenet", family="toy_ca")
 
 
+def _half_weights(model):
+    model.set_weights([np.full(w.shape, 0.5, "float32")
+                       for w in model.weights])
+    return model
+
+
+def test_published_weights_of_a_spec_load_and_describe_themselves(toy):
+    from keras_coordatt.export.exporter import check_arguments
+    from keras_coordatt.export.exporter import make_metadata
+
+    registry.register_application(
+        name="toy_digits", constructor=ToyCA, weights={
+            "digits": registry.PublishedWeights(
+                loader=_half_weights, description="Toy digits weights.",
+                license="CC0", source={"url": "file:///toy"})})
+    try:
+        check_arguments("toy_digits", "digits", "keras", "classification")
+        model = ToyCA(input_shape=(SIZE, SIZE, 3), classes=3)
+        assert load_weights(model, "digits", family="toy_digits") is model
+        assert all(np.all(np.asarray(w) == 0.5) for w in model.weights)
+        metadata = make_metadata(model, {"input_shape": (SIZE, SIZE, 3)},
+                                 "toy_digits", "digits", "classification",
+                                 "keras")
+        assert metadata["weights"] == {
+            "source": "digits", "url": "file:///toy",
+            "description": "Toy digits weights."}
+        assert metadata["license"] == "CC0"
+    finally:
+        registry.unregister_application("toy_digits")
+
+
 def test_conv_bn_takes_the_activation():
     inputs = keras.Input((8, 8, 3))
     default = blocks.conv_bn(blocks.KERAS, inputs, 4, 1, 1, "a", "a_bn",

@@ -69,14 +69,15 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
             f"Unknown variant {variant!r}; expected one of "
             f"{', '.join(VARIANTS)}."
         )
-    if weights not in (None, "imagenet"):
+    published_name = isinstance(weights, str) and weights in spec.weights
+    if weights not in (None, "imagenet") and not published_name:
         if not os.path.isfile(os.fspath(weights)):
             raise FileNotFoundError(
                 f"Weights file not found: {os.fspath(weights)!r} (--weights "
                 "takes 'imagenet', 'none' or the path of a .weights.h5, "
                 ".keras, .h5, .pth or .pt file)."
             )
-    if weights == "imagenet" and "imagenet" not in spec.weights:
+    if weights == "imagenet" and not published_name:
         published = names_with(lambda other: "imagenet" in other.weights)
         raise ValueError(
             "ImageNet weights were published for "
