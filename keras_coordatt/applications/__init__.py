@@ -7,13 +7,25 @@ from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
 from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
 from keras_coordatt.applications.pyramid import pyramid_outputs
+from keras_coordatt.applications.registry import ApplicationSpec
+from keras_coordatt.applications.registry import PublishedWeights
+from keras_coordatt.applications.registry import application_names
+from keras_coordatt.applications.registry import get_application
+from keras_coordatt.applications.registry import get_application_spec
+from keras_coordatt.applications.registry import register_application
 
 __all__ = [
+    "ApplicationSpec",
     "MobileNetV2CA",
     "MobileNeXtCA",
+    "PublishedWeights",
+    "application_names",
     "decode_predictions",
+    "get_application",
+    "get_application_spec",
     "mobilenet_v2_ca",
     "mobilenext_ca",
     "preprocess_input",
     "pyramid_outputs",
+    "register_application",
 ]

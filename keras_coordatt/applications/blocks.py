@@ -24,6 +24,7 @@ class Namespace(typing.NamedTuple):
     Attributes:
         layers: a module of layer classes with Keras' names and arguments
             (`Conv2D`, `DepthwiseConv2D`, `BatchNormalization`, `ReLU`,
+            `Activation` (for `conv_bn`'s named activations),
             `ZeroPadding2D`, `Add`, `Dense`, `Dropout`,
             `GlobalAveragePooling2D`, `GlobalMaxPooling2D`) and `Input`.
         Model: the functional model class.
@@ -106,11 +107,18 @@ def finish_model(ns, img_input, input_tensor, features, name, **head_kwargs):
 
 
 def conv_bn(ns, x, filters, kernel_size, strides, name, bn_name,
-            relu_name=None, depthwise=False):
-    """Conv (no bias, symmetric padding) + BN (eps 1e-5) [+ ReLU6].
+            relu_name=None, depthwise=False, activation=None):
+    """Conv (no bias, symmetric padding) + BN (eps 1e-5) [+ activation].
 
     3x3 convolutions pad one pixel on every side, as PyTorch's `padding=1`:
     TF's "same" padding at stride 2 would pad (0, 1) and shift the features.
+
+    Args:
+        relu_name: the name of the activation layer; None: no activation.
+        activation: None (ReLU6, the networks of the paper), the name of a
+            Keras activation (`"swish"`: an `Activation` layer), or a
+            function `f(name) -> layer` (e.g. `lambda name:
+            ns.layers.ReLU(name=name)`).
     """
     channel_axis = 1 if ns.image_data_format() == "channels_first" else -1
     if kernel_size > 1 and strides > 1:
@@ -133,8 +141,21 @@ def conv_bn(ns, x, filters, kernel_size, strides, name, bn_name,
         axis=channel_axis, momentum=0.9, epsilon=1e-5, name=bn_name
     )(x)
     if relu_name:
-        x = ns.layers.ReLU(6.0, name=relu_name)(x)
+        x = activation_layer(ns, activation, relu_name)(x)
     return x
+
+
+def activation_layer(ns, activation, name):
+    """The layer of `conv_bn`'s `activation` argument, named `name`."""
+    if activation is None:
+        return ns.layers.ReLU(6.0, name=name)
+    if isinstance(activation, str):
+        return ns.layers.Activation(activation, name=name)
+    if callable(activation):
+        return activation(name)
+    raise ValueError(
+        "`activation` must be None (ReLU6), an activation name or a function "
+        f"name -> layer. Received: activation={activation!r}")
 
 
 def attention_block(ns, x, kind, reduction, prefix):

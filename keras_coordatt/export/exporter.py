@@ -14,14 +14,18 @@ import os
 
 import numpy as np
 
+from keras_coordatt.applications.registry import DEFAULT_APPLICATION
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.applications.registry import get_application
+from keras_coordatt.applications.registry import get_application_spec
+from keras_coordatt.applications.registry import names_with
 from keras_coordatt.export import formats
 from keras_coordatt.export.preset import write_json
 from keras_coordatt.utils.atomic import atomic_directory
 from keras_coordatt.utils.layer_weights import copy_weights_by_name
 
-# The registered application names (`applications.registry`).
+# The application names registered at import (`applications.registry`);
+# the checks read the registry itself, which may have grown since.
 MODELS = application_names()
 VARIANTS = ("classification", "feature_vector")
 OUTPUT_NAMES = {"classification": "predictions",
@@ -40,7 +44,6 @@ FLOAT_TOLERANCE = 1e-5
 # its float64 evaluation: an artifact as accurate as Keras is within 2x of
 # it; 3x leaves it room to be half as accurate again.
 ROUNDING_FACTOR = 3.0
-IMAGENET_LICENSE = "MIT, weights by the authors of Coordinate Attention"
 CODE_LICENSE = "MIT"
 
 
@@ -55,11 +58,7 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
             exist.
         RuntimeError: `int8` without `keras_coordatt.quantization`.
     """
-    if model_name not in MODELS:
-        raise ValueError(
-            f"Unknown model {model_name!r}; expected one of "
-            f"{', '.join(MODELS)}."
-        )
+    spec = get_application_spec(model_name)
     if export_format not in formats.FORMATS:
         raise ValueError(
             f"Unknown format {export_format!r}; expected one of "
@@ -70,16 +69,19 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
             f"Unknown variant {variant!r}; expected one of "
             f"{', '.join(VARIANTS)}."
         )
-    if weights not in (None, "imagenet"):
+    published_name = isinstance(weights, str) and weights in spec.weights
+    if weights not in (None, "imagenet") and not published_name:
         if not os.path.isfile(os.fspath(weights)):
             raise FileNotFoundError(
                 f"Weights file not found: {os.fspath(weights)!r} (--weights "
                 "takes 'imagenet', 'none' or the path of a .weights.h5, "
                 ".keras, .h5, .pth or .pt file)."
             )
-    if weights == "imagenet" and model_name != "mobilenetv2_ca":
+    if weights == "imagenet" and not published_name:
+        published = names_with(lambda other: "imagenet" in other.weights)
         raise ValueError(
-            "ImageNet weights were published for mobilenetv2_ca only. "
+            "ImageNet weights were published for "
+            f"{', '.join(published) or 'no network'} only. "
             f"Received: model={model_name!r}"
         )
     if int8:
@@ -114,8 +116,8 @@ def _require_keras_hub():
         ) from None
 
 
-def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
-                variant="classification", input_size=224, classes=1000,
+def build_model(model_name=DEFAULT_APPLICATION, alpha=1.0, weights="imagenet",
+                variant="classification", input_size=None, classes=1000,
                 classifier_activation="softmax"):
     """Builds an application model for export.
 
@@ -125,11 +127,12 @@ def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
     head loads into it.
 
     Args:
-        model_name: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
+        model_name: a registered application (`applications.registry`).
         alpha: width multiplier.
         weights: `"imagenet"`, `None` (random) or a weights file path.
         variant: `"classification"` or `"feature_vector"`.
-        input_size: the (square) image size, or an `(H, W)` pair.
+        input_size: the (square) image size, or an `(H, W)` pair; None:
+            the application's `default_input_size`.
         classes: classes of the classifier (classification and weights
             files with a classifier).
         classifier_activation: `"softmax"` or `None` (logits).
@@ -140,6 +143,8 @@ def build_model(model_name="mobilenetv2_ca", alpha=1.0, weights="imagenet",
     """
     check_arguments(model_name, weights, "keras", variant)
     constructor = get_application(model_name)
+    if input_size is None:
+        input_size = get_application_spec(model_name).default_input_size
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     kwargs = dict(
@@ -172,19 +177,13 @@ def _count(variables):
     return int(sum(math.prod(v.shape) for v in variables))
 
 
-def _weights_metadata(weights):
+def _weights_metadata(spec, weights):
     from keras_coordatt.export.preset import sha256
 
-    if weights == "imagenet":
-        from keras_coordatt.weights import imagenet
-
-        return {
-            "source": "imagenet",
-            "checkpoint_url": imagenet.IMAGENET_URL,
-            "checkpoint_git_blob_id": imagenet.IMAGENET_BLOB_ID,
-            "description": "The authors' ImageNet-1k checkpoint mbv2_ca.pth "
-                           "(74.3 % top-1), converted to Keras.",
-        }
+    if isinstance(weights, str) and weights in spec.weights:
+        published = spec.weights[weights]
+        return {"source": weights, **published.source,
+                "description": published.description}
     if weights is None:
         return {"source": "random",
                 "description": "Random initialization (untrained)."}
@@ -199,16 +198,38 @@ def _weights_metadata(weights):
     }
 
 
+def _public_path(function):
+    """`keras_coordatt.X` for what the package exports, else its module
+    path (a network registered by a user)."""
+    import keras_coordatt
+
+    name = function.__name__
+    if getattr(keras_coordatt, name, None) is function:
+        return f"keras_coordatt.{name}"
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def _license(spec, weights):
+    if isinstance(weights, str) and weights in spec.weights:
+        return spec.weights[weights].license or CODE_LICENSE
+    if weights is None:
+        return CODE_LICENSE
+    return (f"{CODE_LICENSE} (code); weights: as licensed by the owner of "
+            "the weights file")
+
+
 def make_metadata(model, kwargs, model_name, weights, variant,
                   export_format):
-    """The metadata.json content of an exported model."""
+    """The metadata.json content of an exported model; the preprocessing,
+    published weights and constructor are those of the model's
+    `ApplicationSpec`."""
     import keras
 
     import keras_coordatt
-    from keras_coordatt.applications import imagenet
 
-    mean = list(imagenet.IMAGENET_MEAN)
-    std = list(imagenet.IMAGENET_STD)
+    spec = get_application_spec(model_name)
+    mean = [float(m) for m in spec.mean]
+    std = [float(s) for s in spec.std]
     low = min((0.0 - m) / s for m, s in zip(mean, std))
     high = max((1.0 - m) / s for m, s in zip(mean, std))
     output_shape = [None] + list(model.outputs[0].shape[1:])
@@ -220,8 +241,7 @@ def make_metadata(model, kwargs, model_name, weights, variant,
         "variant": variant,
         "format": export_format,
         "architecture": {
-            "constructor":
-                f"keras_coordatt.{get_application(model_name).__name__}",
+            "constructor": _public_path(spec.constructor),
             "kwargs": arch,
         },
         "parameter_count": {
@@ -246,18 +266,15 @@ def make_metadata(model, kwargs, model_name, weights, variant,
                            if variant == "classification" else None),
         },
         "preprocessing": {
-            "function": "keras_coordatt.preprocess_input",
-            "mode": "torch",
+            "function": _public_path(spec.preprocess_input),
+            "mode": spec.preprocessing_mode,
             "scale": "1/255",
             "mean": mean,
             "std": std,
             "formula": "(x / 255 - mean) / std, per RGB channel",
         },
-        "weights": _weights_metadata(weights),
-        "license": (IMAGENET_LICENSE if weights == "imagenet" else
-                    CODE_LICENSE if weights is None else
-                    f"{CODE_LICENSE} (code); weights: as licensed by the "
-                    "owner of the weights file"),
+        "weights": _weights_metadata(spec, weights),
+        "license": _license(spec, weights),
         "versions": {"keras": keras.__version__,
                      "keras_coordatt": keras_coordatt.__version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -265,9 +282,11 @@ def make_metadata(model, kwargs, model_name, weights, variant,
     }
 
 
-def random_images(shape, num_images=4, seed=0):
-    """Random preprocessed images: uniform RGB in [0, 255], normalized."""
-    from keras_coordatt import preprocess_input
+def random_images(shape, num_images=4, seed=0, preprocess_input=None):
+    """Random preprocessed images: uniform RGB in [0, 255], normalized by
+    `preprocess_input` (None: `keras_coordatt.preprocess_input`)."""
+    if preprocess_input is None:
+        from keras_coordatt import preprocess_input
 
     rng = np.random.default_rng(seed)
     raw = rng.uniform(0, 255, (num_images,) + tuple(shape)).astype("float32")
@@ -425,7 +444,7 @@ def verify_artifact(model, export_format, path, variant, num_images=4,
     return report
 
 
-def load_representative(source, shape, limit=200):
+def load_representative(source, shape, limit=200, preprocess_input=None):
     """Preprocessed calibration images from a `.npy` file or a folder.
 
     Args:
@@ -433,10 +452,13 @@ def load_representative(source, shape, limit=200):
             `(N, H, W, 3)`, or a folder of image files (resized to `shape`).
         shape: the model's `(H, W, 3)`.
         limit: at most this many images.
+        preprocess_input: the model's (its `ApplicationSpec`'s); None:
+            `keras_coordatt.preprocess_input`.
     """
     import keras
 
-    from keras_coordatt import preprocess_input
+    if preprocess_input is None:
+        from keras_coordatt import preprocess_input
 
     if isinstance(source, np.ndarray):
         raw = source
@@ -462,9 +484,9 @@ def load_representative(source, shape, limit=200):
                       "float32")
 
 
-def export_model(output, export_format, model_name="mobilenetv2_ca",
+def export_model(output, export_format, model_name=DEFAULT_APPLICATION,
                  alpha=1.0, weights="imagenet", variant="classification",
-                 input_size=224, classes=1000, classifier_activation="softmax",
+                 input_size=None, classes=1000, classifier_activation="softmax",
                  int8=False, representative=None, num_samples=200,
                  overwrite=False, verify=True, num_verify_images=4, model=None,
                  model_kwargs=None):
@@ -475,11 +497,12 @@ def export_model(output, export_format, model_name="mobilenetv2_ca",
         export_format: `"keras"` (preset folder), `"keras-hub"` (keras-hub
             preset of the `keras_coordatt.hub` twin), `"saved_model"`,
             `"litert"` or `"onnx"`.
-        model_name: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
+        model_name: a registered application (`applications.registry`).
         alpha: width multiplier.
         weights: `"imagenet"`, `None` (random) or a weights file path.
         variant: `"classification"` or `"feature_vector"`.
-        input_size: the square image size (or `(H, W)`).
+        input_size: the square image size (or `(H, W)`); None: the
+            application's `default_input_size`.
         classes: number of classes of the classifier.
         classifier_activation: `"softmax"` or `None`.
         int8: with `litert`, post-training int8 quantization (needs
@@ -536,7 +559,8 @@ def export_model(output, export_format, model_name="mobilenetv2_ca",
             if int8:
                 data = load_representative(
                     representative, tuple(model.inputs[0].shape[1:]),
-                    num_samples)
+                    num_samples,
+                    get_application_spec(model_name).preprocess_input)
             metadata["litert"] = formats.export_litert(
                 model, os.path.join(tmp, ARTIFACT_FILES["litert"]),
                 int8=int8, representative_data=data,

@@ -1,32 +1,39 @@
 """keras-hub classes for the application networks (the `hub` extra).
 
-`MobileNetV2CABackbone` / `MobileNeXtCABackbone` are `keras_hub.models.
-Backbone`s with `pyramid_outputs`, so keras-hub's dense heads take them as
-they are (`DeepLabV3Backbone(image_encoder=...)`), and they save and load as
-keras-hub presets (`save_to_preset`, `from_preset`). Importing
-`keras_coordatt` does not import this package or keras-hub.
+Every registered application (`applications.registry`) has a keras-hub
+`Backbone` with `pyramid_outputs`, so keras-hub's dense heads take it as it
+is (`DeepLabV3Backbone(image_encoder=...)`), and an `ImageClassifier`,
+preprocessor and image converter; they save and load as keras-hub presets
+(`save_to_preset`, `from_preset`). `hub_classes(name)` returns them; those
+of the networks registered when this package is imported are also its
+attributes (`MobileNetV2CABackbone`, `MobileNeXtCAImageClassifier`, ...).
+Importing `keras_coordatt` does not import this package or keras-hub.
 """
 
-from keras_coordatt.hub.backbone import MobileNetV2CABackbone
-from keras_coordatt.hub.backbone import MobileNeXtCABackbone
-from keras_coordatt.hub.image_classifier import MobileNetV2CAImageClassifier
-from keras_coordatt.hub.image_classifier import MobileNeXtCAImageClassifier
-from keras_coordatt.hub.image_classifier_preprocessor import (
-    MobileNetV2CAImageClassifierPreprocessor,
-)
-from keras_coordatt.hub.image_classifier_preprocessor import (
-    MobileNeXtCAImageClassifierPreprocessor,
-)
-from keras_coordatt.hub.image_converter import MobileNetV2CAImageConverter
-from keras_coordatt.hub.image_converter import MobileNeXtCAImageConverter
+from keras_coordatt.applications.registry import application_names
+from keras_coordatt.hub.backbone import ApplicationBackbone
+from keras_coordatt.hub.factory import HubClasses
+from keras_coordatt.hub.factory import hub_classes
+from keras_coordatt.hub.factory import make_hub_classes
+from keras_coordatt.hub.image_converter import ApplicationImageConverter
+
+
+def _export_registered():
+    """Makes (and registers with Keras, for `from_preset`) the classes of
+    every application registered now; returns their names."""
+    names = []
+    for name in application_names():
+        for cls in hub_classes(name):
+            globals()[cls.__name__] = cls
+            names.append(cls.__name__)
+    return names
+
 
 __all__ = [
-    "MobileNeXtCABackbone",
-    "MobileNeXtCAImageClassifier",
-    "MobileNeXtCAImageClassifierPreprocessor",
-    "MobileNeXtCAImageConverter",
-    "MobileNetV2CABackbone",
-    "MobileNetV2CAImageClassifier",
-    "MobileNetV2CAImageClassifierPreprocessor",
-    "MobileNetV2CAImageConverter",
+    "ApplicationBackbone",
+    "ApplicationImageConverter",
+    "HubClasses",
+    "hub_classes",
+    "make_hub_classes",
+    *_export_registered(),
 ]

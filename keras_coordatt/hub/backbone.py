@@ -1,20 +1,21 @@
 """keras-hub backbones built from the application constructors.
 
 A backbone is the network without its classifier (`include_top=False`), its
-graph taken whole from `MobileNetV2CA` / `MobileNeXtCA`, with the same layer
+graph taken whole from the registered constructor (`MobileNetV2CA`,
+`MobileNeXtCA`, or any `register_application`'d one), with the same layer
 names, so a weights file of the application loads into it by name. Its
-`pyramid_outputs` are the application's (`applications.pyramid`).
+`pyramid_outputs` are the application's (`applications.pyramid`). One
+subclass per application is made by `keras_coordatt.hub.factory`.
 """
 
 import keras
 from keras_hub.models import Backbone
 
-from keras_coordatt.applications.mobilenet_v2_ca import MobileNetV2CA
-from keras_coordatt.applications.mobilenext_ca import MobileNeXtCA
 
-
-class _ApplicationBackbone(Backbone):
+class ApplicationBackbone(Backbone):
     """A `Backbone` whose graph is an application network's, without top.
+
+    Subclasses set `application`, the constructor (`hub.factory`).
 
     Args:
         alpha: width multiplier.
@@ -29,6 +30,11 @@ class _ApplicationBackbone(Backbone):
 
     def __init__(self, alpha=1.0, reduction=None, attention="ca",
                  image_shape=(None, None, 3), dtype=None, **kwargs):
+        if type(self).application is None:
+            raise ValueError(
+                "ApplicationBackbone is built through a subclass with an "
+                "`application` (keras_coordatt.hub.hub_classes(name)."
+                f"backbone). Received: {type(self).__name__}")
         network = type(self).application(
             input_shape=tuple(image_shape), alpha=alpha, include_top=False,
             weights=None, reduction=reduction, attention=attention,
@@ -53,31 +59,3 @@ class _ApplicationBackbone(Backbone):
             "image_shape": self.image_shape,
         })
         return config
-
-
-@keras.saving.register_keras_serializable(package="keras_coordatt")
-class MobileNetV2CABackbone(_ApplicationBackbone):
-    """MobileNetV2 + coordinate attention as a keras-hub `Backbone`.
-
-    >>> backbone = MobileNetV2CABackbone(alpha=0.35)
-    >>> sorted(backbone.pyramid_outputs)
-    ['P1', 'P2', 'P3', 'P4', 'P5']
-
-    Reference:
-    - [Coordinate Attention for Efficient Mobile Network Design](
-        https://arxiv.org/abs/2103.02907) (CVPR 2021)
-    """
-
-    application = MobileNetV2CA
-
-
-@keras.saving.register_keras_serializable(package="keras_coordatt")
-class MobileNeXtCABackbone(_ApplicationBackbone):
-    """MobileNeXt + coordinate attention as a keras-hub `Backbone`.
-
-    Reference:
-    - [Rethinking Bottleneck Structure for Efficient Mobile Network Design](
-        https://arxiv.org/abs/2007.02269) (ECCV 2020)
-    """
-
-    application = MobileNeXtCA

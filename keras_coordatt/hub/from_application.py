@@ -8,41 +8,19 @@ uploads with `keras_hub.upload_preset`.
 
 import keras
 
-from keras_coordatt.hub.backbone import MobileNetV2CABackbone
-from keras_coordatt.hub.backbone import MobileNeXtCABackbone
-from keras_coordatt.hub.image_classifier import MobileNetV2CAImageClassifier
-from keras_coordatt.hub.image_classifier import MobileNeXtCAImageClassifier
-from keras_coordatt.hub.image_classifier_preprocessor import (
-    MobileNetV2CAImageClassifierPreprocessor,
-)
-from keras_coordatt.hub.image_classifier_preprocessor import (
-    MobileNeXtCAImageClassifierPreprocessor,
-)
-from keras_coordatt.hub.image_converter import MobileNetV2CAImageConverter
-from keras_coordatt.hub.image_converter import MobileNeXtCAImageConverter
+from keras_coordatt.hub.factory import hub_classes
 from keras_coordatt.utils.layer_weights import copy_weights_by_name
-
-# Registered application name -> (backbone, classifier, preprocessor,
-# converter) classes.
-HUB_CLASSES = {
-    "mobilenetv2_ca": (MobileNetV2CABackbone, MobileNetV2CAImageClassifier,
-                       MobileNetV2CAImageClassifierPreprocessor,
-                       MobileNetV2CAImageConverter),
-    "mobilenext_ca": (MobileNeXtCABackbone, MobileNeXtCAImageClassifier,
-                      MobileNeXtCAImageClassifierPreprocessor,
-                      MobileNeXtCAImageConverter),
-}
 
 
 def hub_model(model, model_name, *, alpha, reduction=None, attention="ca"):
     """The keras-hub twin of an application model, with its weights.
 
     Args:
-        model: a `MobileNetV2CA` / `MobileNeXtCA` model: with its classifier
+        model: a model of a registered application: with its classifier
             (`include_top=True`: an `ImageClassifier` is returned, its
             preprocessor resizing to the model's input size) or without
             (a `Backbone`, any input size).
-        model_name: its registered name (`"mobilenetv2_ca"`, ...).
+        model_name: its registered name (`applications.registry`).
         alpha, reduction, attention: the arguments it was built with.
 
     Returns:
@@ -53,13 +31,8 @@ def hub_model(model, model_name, *, alpha, reduction=None, attention="ca"):
             `model` lacks or holds with other shapes (all named at once:
             built with other alpha / attention / reduction).
     """
-    if model_name not in HUB_CLASSES:
-        raise ValueError(
-            f"No keras-hub classes for this model. Received: model_name="
-            f"{model_name!r}; accepted: {', '.join(HUB_CLASSES)}"
-        )
     backbone_cls, classifier_cls, preprocessor_cls, converter_cls = (
-        HUB_CLASSES[model_name])
+        hub_classes(model_name))
     backbone = backbone_cls(alpha=alpha, reduction=reduction,
                             attention=attention)
     pairs = [(layer, layer.name) for layer in backbone.layers]

@@ -6,7 +6,7 @@ pieces of this module and the pipelines of `detection_data`:
 
 - the model (`build_detector`): a keras-hub `RetinaNetObjectDetector` on a
   `RetinaNetBackbone` whose image encoder is our keras-hub backbone of the
-  config's model (`MobileNetV2CABackbone` / `MobileNeXtCABackbone`, same
+  config's model (`keras_coordatt.hub.hub_classes(model).backbone`, same
   `alpha`, `reduction`, `attention`): a 256-channel feature pyramid on P3..P5
   (strides 8 to 32), nine anchors per position (3 scales x 3 aspect ratios,
   `anchor_size` times the stride), the class and box heads shared by the
@@ -107,7 +107,9 @@ def build_detector(name, num_classes, *, image_size=64, alpha=1.0,
     keras_hub = _import_extras()
     encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
                           weights=weights, reduction=reduction,
-                          attention=attention)
+                          attention=attention,
+                          levels=[f"P{k}" for k in range(MIN_LEVEL,
+                                                         MAX_LEVEL + 1)])
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=encoder, min_level=MIN_LEVEL, max_level=MAX_LEVEL,
         use_p5=False, image_shape=(image_size, image_size, 3))

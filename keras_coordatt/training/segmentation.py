@@ -6,7 +6,7 @@ things of this module and the pipelines of `segmentation_data`:
 
 - the model (`build_segmenter`): a keras-hub `DeepLabV3ImageSegmenter` on a
   `DeepLabV3Backbone` whose image encoder is our keras-hub backbone of the
-  config's model (`MobileNetV2CABackbone` / `MobileNeXtCABackbone`, same
+  config's model (`keras_coordatt.hub.hub_classes(model).backbone`, same
   `alpha`, `reduction`, `attention`): ASPP (`aspp_dilation_rates`) on P5
   (stride 32), upsampled 8x and joined with a 48-channel projection of P2
   (stride 4), a 256-filter head upsampled 4x to the input size, and a 1x1
@@ -25,6 +25,7 @@ import keras
 
 from keras_coordatt.applications.arguments import validate_attention
 from keras_coordatt.applications.registry import get_application
+from keras_coordatt.applications.registry import get_application_spec
 
 MONITOR = "val_mean_iou"
 # DeepLabV3+ on strides 32 and 4 (keras-hub's arguments, as its presets).
@@ -53,27 +54,37 @@ def aspp_dilation_rates(image_size):
     return sorted(set(rates))
 
 
-def hub_backbone_class(name):
+def hub_backbone_class(name, levels=()):
     """The keras-hub backbone class of registered application `name`.
 
-    Raises:
-        ValueError: `name` is not registered (`registry.get_application`).
-    """
-    from keras_coordatt import hub
+    Args:
+        name: a registered application (`applications.registry`).
+        levels: the `pyramid_outputs` keys the caller's head reads.
 
-    application = get_application(name)
-    classes = (hub.MobileNetV2CABackbone, hub.MobileNeXtCABackbone)
-    return next(cls for cls in classes if cls.application is application)
+    Raises:
+        ValueError: `name` is not registered (the message lists the
+            accepted names), or its spec lacks one of `levels`.
+    """
+    spec = get_application_spec(name)
+    missing = [key for key in levels if key not in spec.pyramid_levels]
+    if missing:
+        raise ValueError(
+            f"The model {name!r} has no pyramid level {', '.join(missing)} "
+            f"(it has {', '.join(spec.pyramid_levels)}). Received: "
+            f"model={name!r}")
+    from keras_coordatt.hub import hub_classes
+
+    return hub_classes(name).backbone
 
 
 def hub_encoder(name, *, image_size, alpha=1.0, weights=None,
-                reduction=None, attention=True):
+                reduction=None, attention=True, levels=()):
     """The keras-hub backbone of `name` (any input size), with `weights`
     (`None`, `"imagenet"` or a file of the network without its top) loaded
     through the application's own checks at `image_size`; the encoder of
-    the dense tasks' heads."""
+    the dense tasks' heads, which read its pyramid `levels`."""
     kind = validate_attention(attention)
-    encoder = hub_backbone_class(name)(
+    encoder = hub_backbone_class(name, levels)(
         alpha=alpha, reduction=reduction, attention=kind)
     if weights is not None:
         pretrained = get_application(name)(
@@ -117,7 +128,9 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
 
     encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
                           weights=weights, reduction=reduction,
-                          attention=attention)
+                          attention=attention,
+                          levels=(DEEPLAB["spatial_pyramid_pooling_key"],
+                                  DEEPLAB["low_level_feature_key"]))
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder, image_shape=(image_size, image_size, 3),
         dilation_rates=aspp_dilation_rates(image_size), **DEEPLAB)

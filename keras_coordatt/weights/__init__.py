@@ -19,38 +19,54 @@ KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5")
 
 
 def load_weights(model, weights, family):
-    """Loads `weights` ("imagenet" or a file path) into an application model.
+    """Loads `weights` (published weights or a file path) into a model.
 
     Args:
-        model: a model built by `MobileNetV2CA` or `MobileNeXtCA`.
-        weights: `"imagenet"`, a path to a `.weights.h5`, `.keras` or `.h5`
-            file, or a `torch.save` checkpoint, recognised by its content
-            whatever its suffix (`.pth`, `.pt`, `.pth.tar`, `.bin`, ...).
-            PyTorch files must have the layout of the authors' `mbv2_ca.pth`
-            and are converted on the fly.
-        family: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
+        model: a model built by a registered application
+            (`applications.registry`).
+        weights: the name of weights published for `family` (`"imagenet"`,
+            see its `ApplicationSpec.weights`), a path to a `.weights.h5`,
+            `.keras` or `.h5` file, or a `torch.save` checkpoint, recognised
+            by its content whatever its suffix (`.pth`, `.pt`, `.pth.tar`,
+            `.bin`, ...), for a family with a `torch_loader` (the authors'
+            `mbv2_ca.pth` layout, converted on the fly).
+        family: the registered application name (`"mobilenetv2_ca"`).
 
     Returns:
         The model.
 
     Raises:
         FileNotFoundError: `weights` is a path that does not exist.
-        ValueError: the file is of no known kind or does not fit `model`.
+        ValueError: an unknown family, weights not published for it, or a
+            file of no known kind or that does not fit `model`.
     """
+    # Imported here: the registry imports the application modules, which
+    # import this one.
+    from keras_coordatt.applications import registry
+
+    spec = registry.get_application_spec(family)
+    if isinstance(weights, str) and weights in spec.weights:
+        return registry.resolve(spec.weights[weights].loader)(model)
     if isinstance(weights, str) and weights == "imagenet":
-        return load_imagenet_weights(model)
+        published = registry.names_with(lambda s: "imagenet" in s.weights)
+        raise ValueError(
+            f"No ImageNet weights were published for {family}; they were "
+            f"for {', '.join(published) or 'no network'}. Received: "
+            f"weights={weights!r}")
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No weights file at {path!r}. Received: weights={path!r}")
     if is_torch_checkpoint(path):
-        if family != "mobilenetv2_ca":
+        if spec.torch_loader is None:
+            accepted = [registry.get_application(name).__name__ for name
+                        in registry.names_with(lambda s: s.torch_loader)]
             raise ValueError(
-                "PyTorch checkpoints convert into MobileNetV2CA only (the "
-                "layout of the authors' mbv2_ca.pth). Received: "
+                f"PyTorch checkpoints convert into {', '.join(accepted)} "
+                "only (the layout of the authors' mbv2_ca.pth). Received: "
                 f"weights={path!r} for {family}"
             )
-        return load_torch_weights(model, path)
+        return registry.resolve(spec.torch_loader)(model, path)
     if not path.endswith(KERAS_SUFFIXES):
         raise ValueError(
             f"{path!r} is neither a torch.save checkpoint nor a Keras file "
