@@ -21,7 +21,8 @@ PROG = "keras-coordatt export"
 
 
 def _parser():
-    from keras_coordatt.export.exporter import MODELS
+    from keras_coordatt.applications.registry import DEFAULT_APPLICATION
+    from keras_coordatt.applications.registry import application_names
     from keras_coordatt.export.exporter import VARIANTS
     from keras_coordatt.export.formats import FORMATS
 
@@ -33,9 +34,9 @@ def _parser():
         "artifact and metadata.json; it is checked against the Keras model "
         "on random images before it is moved into place.",
     )
-    parser.add_argument("--model", default="mobilenetv2_ca",
-                        help=f"one of {', '.join(MODELS)} "
-                        "(default mobilenetv2_ca)")
+    parser.add_argument("--model", default=DEFAULT_APPLICATION,
+                        help=f"one of {', '.join(application_names())} "
+                        f"(default {DEFAULT_APPLICATION})")
     parser.add_argument("--alpha", type=float, default=1.0,
                         help="width multiplier (default 1.0)")
     parser.add_argument("--weights", default="imagenet",

@@ -32,7 +32,6 @@ from keras_coordatt.training.tasks import get_task
 from keras_coordatt.training.tasks import task_names
 from keras_coordatt.training.tasks import task_of_dataset
 
-MODEL_NAMES = application_names()
 OPTIMIZERS = ("sgd", "adamw")
 STRATEGY_NAMES = ("auto", "tpu", "gpu", "cpu", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -219,7 +218,7 @@ class TrainConfig:
 
     def _check(self):
         _choice("task", self.task, task_names())
-        _choice("model", self.model, MODEL_NAMES)
+        _choice("model", self.model, application_names())
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
