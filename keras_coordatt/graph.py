@@ -21,9 +21,14 @@ import weakref
 import keras
 from keras import tree
 
-# Stands for a layer folded into the layer before it: called on its input,
-# it returns that input (see `Rewrite.call`).
+# `Rewrite.replace` returns it for a layer folded into the layer before it:
+# called on its input, the stand-in returns that input.
 PASS_THROUGH = object()
+
+
+class _PassThrough:
+    """The stand-in of one folded layer (one each: `Rewrite` keeps the
+    original of every stand-in)."""
 # Sequential model -> its functional view, made once: a nested Sequential
 # is one graph however often it is met.
 _VIEWS = weakref.WeakKeyDictionary()
@@ -122,20 +127,22 @@ class Rewrite:
             # Across nested graphs too, a shared layer stays shared.
             if id(layer) not in self.copies:
                 new = self.replace(layer)
+                if new is PASS_THROUGH:
+                    new = _PassThrough()
                 self.copies[id(layer)] = new
-                if new is not PASS_THROUGH:
-                    self.originals[id(new)] = layer
+                self.originals[id(new)] = layer
             return self.copies[id(layer)]
 
         def call(new, *args, **kwargs):
             args, kwargs = self.inputs(args, kwargs)
-            if new is PASS_THROUGH:
+            original = self.originals[id(new)]
+            if isinstance(new, _PassThrough):
+                self.results.setdefault(id(original), args[0])
                 return args[0]
             outputs = new(*args, **kwargs)
             source = self.unset.pop(id(new), None)
             if source is not None:  # built by this first call
                 new.set_weights(source.get_weights())
-            original = self.originals[id(new)]
             outputs = self.after(original, outputs)
             self.results.setdefault(id(original), outputs)
             return outputs

@@ -41,7 +41,7 @@ def _mobilenet_v3_after(model):
     network names them by order only)."""
     names = set()
     for layer in model.layers:
-        if layer.name.endswith("depthwise/BatchNorm"):
+        if layer.name.endswith("depthwise_bn"):
             for other in model.layers:
                 if other.input is layer.output and isinstance(
                         other, (keras.layers.ReLU, keras.layers.Activation)):
@@ -109,7 +109,7 @@ def test_inserted_attention_to_all_int8(name, digits):
     np.testing.assert_allclose(model.predict(x[:8], verbose=0),
                                base.predict(x[:8], verbose=0), atol=1e-5)
     # A fine-tuning step moves every block off the identity.
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
+    model.compile(optimizer=keras.optimizers.SGD(0.001),
                   loss="sparse_categorical_crossentropy")
     model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
     assert all(float(b.scale.numpy()) != 0.0 for b in blocks)

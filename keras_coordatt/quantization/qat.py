@@ -40,6 +40,7 @@ from keras_coordatt.quantization.layers import QuantConv2D
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
 from keras_coordatt.quantization.layers import QuantDense
 from keras_coordatt.quantization.layers import QuantIdentityInitAttention
+from keras_coordatt.quantization.layers import SIGMOID_RANGE
 from keras_coordatt.quantization.layers import QuantSqueezeExcitation
 
 _COPIED = (
@@ -133,7 +134,9 @@ def _check_channels_last(layer):
         )
 
 
-def _quant_conv(layer, bn, activation, momentum):
+def _quant_conv(layer, bn, activation, momentum, own_activation=True):
+    """The twin of a convolution [+ BN] [+ ReLU]; `own_activation=False`:
+    the layer's own activation is applied after the twin instead."""
     _check_channels_last(layer)
     if layer.dilation_rate not in ((1, 1), 1) or (
         isinstance(layer, keras.layers.Conv2D) and layer.groups != 1
@@ -144,7 +147,7 @@ def _quant_conv(layer, bn, activation, momentum):
             f"{layer.dilation_rate}, groups={getattr(layer, 'groups', 1)}"
         )
     depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-    own = _activation_name(layer.activation)
+    own = _activation_name(layer.activation) if own_activation else "linear"
     if own != "linear":
         if activation != "linear" or own not in ("relu", "relu6"):
             raise ValueError(
@@ -360,6 +363,7 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
 
 _ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid",
                 "hard_sigmoid", "silu", "swish", "linear")
+_SIGMOIDS = ("sigmoid", "hard_sigmoid")
 
 
 class _Quantize(graph_lib.Rewrite):
@@ -376,9 +380,14 @@ class _Quantize(graph_lib.Rewrite):
         self.absorbed = set()  # id(layer) folded into a convolution
         self.pending = []  # (new layer, weights)
         self.model_inputs = {}  # id(new input) -> its quantized tensor
+        # id(convolution) -> its own activation, when it cannot be fused
+        # (silu, sigmoid, ...): applied after the twin, quantized apart.
+        self.separate = {}
 
-    def quantized(self, tensor, layer_name):
-        quantizer = ActivationQuantizer(self.momentum,
+    def quantized(self, tensor, layer_name, activation=None):
+        # A sigmoid's output gets the fixed range of TFLite's int8 LOGISTIC.
+        fixed = SIGMOID_RANGE if activation in _SIGMOIDS else None
+        quantizer = ActivationQuantizer(self.momentum, fixed_range=fixed,
                                         name=f"{layer_name}_quant")
         return quantizer(tensor)
 
@@ -414,6 +423,16 @@ class _Quantize(graph_lib.Rewrite):
         return self.copy(layer)
 
     def after(self, original, outputs):
+        separate = self.separate.get(id(original))
+        if separate is not None:
+            outputs = keras.layers.Activation(
+                separate, name=f"{original.name}_{separate}")(outputs)
+            return self.quantized(outputs, f"{original.name}_{separate}",
+                                  separate)
+        if isinstance(original, (keras.layers.ReLU, keras.layers.Activation)):
+            name = _relu_kind(original) or _activation_name(
+                original.activation)
+            return self.quantized(outputs, original.name, name)
         if not isinstance(original, keras.layers.Layer) or isinstance(
                 original, _QUANTIZED_AFTER + _AFFINE + (
                     keras.layers.ReLU, keras.layers.Activation)):
@@ -437,6 +456,17 @@ class _Quantize(graph_lib.Rewrite):
     def convolution(self, layer):
         """The twin of a convolution with the BatchNormalization and ReLU
         after it folded in (they are marked to pass through)."""
+        own = _activation_name(layer.activation)
+        if own not in ("linear", "relu", "relu6"):
+            if own not in _ACTIVATIONS:
+                raise ValueError(
+                    f"Layer {layer.name!r}: activation {own!r} cannot be "
+                    f"quantized; accepted: {', '.join(_ACTIVATIONS)}.")
+            self.separate[id(layer)] = own
+            return _quant_conv(layer, None, "linear", self.momentum,
+                               own_activation=False)
+        if own != "linear":  # BN after an activation is not foldable
+            return _quant_conv(layer, None, "linear", self.momentum)
         last, bn = layer.output, None
         follower = self.follower(last, keras.layers.BatchNormalization)
         if follower is not None and follower.axis in (-1, 3):
