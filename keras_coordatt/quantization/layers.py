@@ -802,3 +802,56 @@ class QuantIdentityInitAttention(keras.layers.Wrapper):
         config = super().get_config()
         config["momentum"] = self.momentum
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantAffine(keras.layers.Layer):
+    """`x * scale + offset` with fixed constants, fake-quantized: the twin
+    of `Rescaling` and `Normalization` (a network's built-in
+    preprocessing).
+
+    The constants (a scalar or one per channel) are quantized per tensor
+    like weights, symmetric over their largest magnitude (a scalar is then
+    exact), and the product has its own activation range: MUL and ADD by
+    int8 constants in the int8 graph. They are not trained.
+
+    Args:
+        scale, offset: floats or per-channel lists.
+        momentum: moving-average decay of the product's range.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, scale, offset, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = [float(v) for v in ops.convert_to_numpy(
+            ops.reshape(ops.convert_to_tensor(scale, "float32"), (-1,)))]
+        self.offset = [float(v) for v in ops.convert_to_numpy(
+            ops.reshape(ops.convert_to_tensor(offset, "float32"), (-1,)))]
+        self.momentum = momentum
+        self.product_quantizer = ActivationQuantizer(
+            momentum, name="product_quantizer")
+
+    def build(self, input_shape):
+        def constant(name, values):
+            return self.add_weight(
+                name=name, shape=(len(values),), trainable=False,
+                initializer=keras.initializers.Constant(values))
+
+        self.scale_weight = constant("scale", self.scale)
+        self.offset_weight = constant("offset", self.offset)
+        self.product_quantizer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        scale = fake_quant_weights(self.scale_weight, per_channel=False)
+        offset = fake_quant_weights(self.offset_weight, per_channel=False)
+        product = self.product_quantizer(inputs * scale, training=training)
+        return product + offset
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"scale": self.scale, "offset": self.offset,
+                       "momentum": self.momentum})
+        return config

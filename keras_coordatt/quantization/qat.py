@@ -39,6 +39,7 @@ from keras_coordatt.quantization.layers import QuantCBAM
 from keras_coordatt.quantization.layers import QuantConv2D
 from keras_coordatt.quantization.layers import QuantCoordinateAttention
 from keras_coordatt.quantization.layers import QuantDense
+from keras_coordatt.quantization.layers import QuantAffine
 from keras_coordatt.quantization.layers import QuantIdentityInitAttention
 from keras_coordatt.quantization.layers import SIGMOID_RANGE
 from keras_coordatt.quantization.layers import QuantSqueezeExcitation
@@ -58,8 +59,8 @@ _QUANTIZED_AFTER = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.AveragePooling2D,
 )
-# Built-in preprocessing: copied with its weights (Normalization's mean and
-# variance), a quantizer after it: int8 MUL / ADD / SUB on constants.
+# Built-in preprocessing: `QuantAffine` (MUL and ADD by int8 constants), a
+# quantizer after it.
 _AFFINE = (
     keras.layers.Rescaling,
     keras.layers.Normalization,
@@ -290,6 +291,24 @@ def _identity_init_twin(layer, momentum):
     return new, [scale] + list(weights)  # its own weight comes first
 
 
+def _affine_twin(layer, momentum):
+    """`QuantAffine` computing a Rescaling or Normalization layer."""
+    if isinstance(layer, keras.layers.Rescaling):
+        scale, offset = layer.scale, layer.offset
+    else:
+        if layer.invert:
+            raise ValueError(
+                f"Layer {layer.name!r}: Normalization(invert=True) cannot be "
+                "quantized. Received: invert=True")
+        get = lambda v: keras.ops.convert_to_numpy(v).astype("float64")
+        std = np.maximum(np.sqrt(get(layer.variance)), keras.config.epsilon())
+        scale = 1.0 / std
+        offset = -get(layer.mean) * scale
+    new = QuantAffine(np.ravel(scale), np.ravel(offset), momentum=momentum,
+                      name=layer.name)
+    return new, []
+
+
 def supported_layers():
     """The layer types `quantize_model` accepts, for messages."""
     return _SUPPORTED + ("IdentityInitAttention",) + tuple(
@@ -362,8 +381,9 @@ def quantize_model(model, calibration_data=None, calibration_steps=8,
 
 
 _ACTIVATIONS = ("relu", "relu6", "hard_swish", "hard_silu", "sigmoid",
-                "hard_sigmoid", "silu", "swish", "linear")
-_SIGMOIDS = ("sigmoid", "hard_sigmoid")
+                "hard_sigmoid", "silu", "swish", "linear", "softmax")
+# Outputs in [0, 1]: the fixed range of TFLite's int8 LOGISTIC / SOFTMAX.
+_SIGMOIDS = ("sigmoid", "hard_sigmoid", "softmax")
 
 
 class _Quantize(graph_lib.Rewrite):
@@ -385,7 +405,7 @@ class _Quantize(graph_lib.Rewrite):
         self.separate = {}
 
     def quantized(self, tensor, layer_name, activation=None):
-        # A sigmoid's output gets the fixed range of TFLite's int8 LOGISTIC.
+        # Outputs in [0, 1] get the fixed range TFLite's int8 kernels use.
         fixed = SIGMOID_RANGE if activation in _SIGMOIDS else None
         quantizer = ActivationQuantizer(self.momentum, fixed_range=fixed,
                                         name=f"{layer_name}_quant")
@@ -488,7 +508,7 @@ class _Quantize(graph_lib.Rewrite):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a keras.ops node: stateless, reused
         if isinstance(layer, _AFFINE):
-            return self.copy_weights_of(layer)
+            return self.twin(*_affine_twin(layer, self.momentum))
         activation = (keras.layers.ReLU, keras.layers.Activation)
         if not isinstance(layer, _COPIED + _QUANTIZED_AFTER + activation):
             raise ValueError(
