@@ -609,3 +609,15 @@ def test_backends_agree_with_numpy(backend, tmp_path):
 
 if __name__ == "__main__":
     _backend_main(sys.argv[1], sys.argv[2])
+
+
+def test_constructor_names_a_reduction_the_kind_does_not_take():
+    import keras_coordatt
+
+    with pytest.raises(ValueError, match=(
+            r"The attention kind 'ela' \(EfficientLocalAttention\) takes no "
+            r"`reduction`; pass reduction=None\. Received: reduction=8, "
+            r"attention='ela'")):
+        keras_coordatt.MobileNetV2CA(weights=None, attention="ela",
+                                     reduction=8, input_shape=(32, 32, 3),
+                                     classes=3)

@@ -9,6 +9,7 @@ libraries build the one network these functions and the stage tables
 describe, with the same layer names.
 """
 
+import inspect
 import typing
 
 import keras
@@ -175,7 +176,14 @@ def attention_block(ns, x, kind, reduction, prefix):
             f"attention={kind!r}; accepted: {', '.join(ns.attentions)}"
         )
     options = {} if reduction is None else {"reduction": reduction}
-    return ns.attentions[kind](name=f"{prefix}{kind}", **options)(x)
+    layer_class = ns.attentions[kind]
+    if options and "reduction" not in inspect.signature(
+            layer_class.__init__).parameters:
+        raise ValueError(
+            f"The attention kind {kind!r} ({layer_class.__name__}) takes no "
+            "`reduction`; pass reduction=None. Received: "
+            f"reduction={reduction!r}, attention={kind!r}")
+    return layer_class(name=f"{prefix}{kind}", **options)(x)
 
 
 def channels(ns, x):
