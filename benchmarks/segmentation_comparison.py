@@ -118,7 +118,7 @@ def run(args):
     source = None
     seeds = args.seeds
     if args.smoke:
-        from keras_coordatt.training.segmentation_data import (
+        from keras_coordatt.training.data.segmentation import (
             load_digits_scenes)
 
         overrides.update(epochs=1, per_replica_batch_size=16)

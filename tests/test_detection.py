@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.datasets import digits_scenes
 from keras_coordatt.training import cli as train_cli
-from keras_coordatt.training import detection_data as dd
+from keras_coordatt.training.data import detection as dd
 from keras_coordatt.training.recipes import get_config
 
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_coordatt.training import cli as train_cli
-from keras_coordatt.training import segmentation_data as sd
+from keras_coordatt.training.data import segmentation as sd
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(
     reason="multi-worker training runs on the TensorFlow backend",
 )
 
-from keras_coordatt.training import data as data_lib  # noqa: E402
+from keras_coordatt.training.data import (  # noqa: E402
+    classification as data_lib)
 from keras_coordatt.training import fit as fit_lib  # noqa: E402
 from keras_coordatt.training import strategy as strategy_lib  # noqa: E402
 

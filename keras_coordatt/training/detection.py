@@ -2,7 +2,7 @@
 
 With `TrainConfig.task="detection"`, `train()` runs its usual steps
 (strategy, precision, backups, phases, evaluation, saved model) with the
-pieces of this module and the pipelines of `detection_data`:
+pieces of this module and the pipelines of `data.detection`:
 
 - the model (`build_detector`): a keras-hub `RetinaNetObjectDetector` on a
   `RetinaNetBackbone` whose image encoder is our keras-hub backbone of the
@@ -311,7 +311,7 @@ def evaluate(model, dataset):
         model: a `RetinaNetObjectDetector` (its `predict` gives the
             non-max-suppressed detections).
         dataset: batches `(images, {"boxes", "labels"})` or, padded,
-            `(images, targets, weights)`, as `detection_data.eval_dataset`
+            `(images, targets, weights)`, as `data.detection.eval_dataset`
             makes them; examples of weight 0 are left out.
 
     Returns:

@@ -2,7 +2,7 @@
 
 With `TrainConfig.task="segmentation"`, `train()` runs its usual steps
 (strategy, precision, backups, phases, evaluation, saved model) with three
-things of this module and the pipelines of `segmentation_data`:
+things of this module and the pipelines of `data.segmentation`:
 
 - the model (`build_segmenter`): a keras-hub `DeepLabV3ImageSegmenter` on a
   `DeepLabV3Backbone` whose image encoder is our keras-hub backbone of the

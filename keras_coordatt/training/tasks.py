@@ -238,7 +238,7 @@ def detection_callbacks(val_data):
 
 _TRAINING = "keras_coordatt.training"
 register_task(TaskSpec(
-    name="classification", data=f"{_TRAINING}.data",
+    name="classification", data=f"{_TRAINING}.data.classification",
     build=build_classifier,
     compile_arguments=classification_compile_arguments,
     monitor="val_accuracy",
@@ -247,7 +247,7 @@ register_task(TaskSpec(
     demo_recipe="digits", recipe="paper_imagenet",
 ))
 register_task(TaskSpec(
-    name="segmentation", data=f"{_TRAINING}.segmentation_data",
+    name="segmentation", data=f"{_TRAINING}.data.segmentation",
     build=build_segmenter,
     compile_arguments=segmentation_compile_arguments,
     monitor="val_mean_iou",
@@ -257,7 +257,7 @@ register_task(TaskSpec(
     demo_recipe="digits_seg", recipe="digits_seg",
 ))
 register_task(TaskSpec(
-    name="detection", data=f"{_TRAINING}.detection_data",
+    name="detection", data=f"{_TRAINING}.data.detection",
     build=build_detector,
     compile_arguments=detection_compile_arguments,
     monitor="val_map",

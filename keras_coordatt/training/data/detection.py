@@ -42,7 +42,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
-from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.data import classification as data_lib
+from keras_coordatt.training.data.common import as_images
+from keras_coordatt.training.data.common import crop_window
+from keras_coordatt.training.data.common import num_examples
 from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
 from keras_coordatt.training.tasks import dataset_forms
@@ -196,8 +199,8 @@ def from_arrays(x_train, y_train, x_val, y_val, *, num_classes=None,
     Raises:
         ValueError: arrays of the wrong shapes, types or ranges.
     """
-    x_train = data_lib._as_images("x_train", x_train)
-    x_val = data_lib._as_images("x_val", x_val)
+    x_train = as_images("x_train", x_train)
+    x_val = as_images("x_val", x_val)
     y_train = _as_targets("y_train", y_train, len(x_train))
     y_val = _as_targets("y_val", y_val, len(x_val))
     if num_classes is None:
@@ -283,9 +286,9 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
     class_names = builder.info.features[spec.objects]["label"].names
     return DetectionSource(
         name=f"tfds:{name}", num_classes=len(class_names),
-        train_examples=data_lib._num_examples(builder, splits, train_split,
+        train_examples=num_examples(builder, splits, train_split,
                                               read),
-        val_examples=data_lib._num_examples(builder, splits, val_split, read),
+        val_examples=num_examples(builder, splits, val_split, read),
         make_train=data_lib.tfds_train_reader(builder, read, train_split),
         make_val=lambda: read(val_split),
         class_names=list(class_names), max_boxes=TFDS_MAX_BOXES,
@@ -300,7 +303,7 @@ def random_crop_boxes(image, boxes, labels, seed, size, scale=(0.08, 1.0),
                       ratio=(3.0 / 4.0, 4.0 / 3.0)):
     """One random crop of an image, resized to `size`, and its boxes.
 
-    The crop is `data.random_resized_crop`'s (area `scale`, aspect `ratio`,
+    The crop is `common.crop_window`'s (area `scale`, aspect `ratio`,
     stateless). A box whose centre falls outside it is dropped (label -1),
     the others are clipped to it.
 
@@ -310,20 +313,16 @@ def random_crop_boxes(image, boxes, labels, seed, size, scale=(0.08, 1.0),
         labels: `(n,)` int32 labels (-1: padding).
         seed: int tensor of shape `(2,)`.
         size: output side.
-        scale, ratio: see `data.random_resized_crop`.
+        scale, ratio: see `common.crop_window`.
 
     Returns:
         `(image, boxes, labels)`: float32 `(size, size, 3)`, boxes
         normalised to the crop, labels.
     """
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed, min_object_covered=float(scale[0]),
-        aspect_ratio_range=tuple(float(r) for r in ratio),
-        area_range=tuple(float(s) for s in scale), max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return _crop_boxes(image, boxes, labels, begin[:2], crop[:2], size)
+    top, left, height, width = crop_window(tf.shape(image), seed, scale,
+                                           ratio)
+    return _crop_boxes(image, boxes, labels, tf.stack([top, left]),
+                       tf.stack([height, width]), size)
 
 
 def resize_boxes(image, boxes, labels, size):

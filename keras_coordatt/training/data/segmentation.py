@@ -47,7 +47,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
-from keras_coordatt.training import data as data_lib
+from keras_coordatt.training.data import classification as data_lib
+from keras_coordatt.training.data.common import IMAGE_EXTENSIONS
+from keras_coordatt.training.data.common import as_images
+from keras_coordatt.training.data.common import crop_window
+from keras_coordatt.training.data.common import num_examples
+from keras_coordatt.training.data.common import shard
 from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
 from keras_coordatt.training.tasks import dataset_forms
@@ -199,7 +204,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     Raises:
         ValueError: arrays of the wrong shapes or types.
     """
-    x_train = data_lib._as_images("x_train", x_train)
+    x_train = as_images("x_train", x_train)
     y_train = _as_masks("y_train", y_train, x_train.shape)
     data_lib.check_validation_pair(x_val, y_val)
     if x_val is None:
@@ -209,7 +214,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
         x_train, x_val = x_train[train_idx], x_train[val_idx]
         y_train, y_val = y_train[train_idx], y_train[val_idx]
     else:
-        x_val = data_lib._as_images("x_val", x_val)
+        x_val = as_images("x_val", x_val)
         y_val = _as_masks("y_val", y_val, x_val.shape)
     return data_lib.array_source(x_train, y_train, x_val, y_val,
                                  num_classes=num_classes, name=name,
@@ -259,9 +264,9 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
     splits = dict(builder.info.splits)
     return data_lib.ImageSource(
         name=f"tfds:{name}", num_classes=len(spec.class_names),
-        train_examples=data_lib._num_examples(builder, splits, train_split,
+        train_examples=num_examples(builder, splits, train_split,
                                               read),
-        val_examples=data_lib._num_examples(builder, splits, val_split, read),
+        val_examples=num_examples(builder, splits, val_split, read),
         make_train=data_lib.tfds_train_reader(builder, read, train_split),
         make_val=lambda: read(val_split),
         class_names=list(spec.class_names),
@@ -314,7 +319,7 @@ def from_folder(path, validation_fraction=0.1, seed=0, *, num_classes=None,
 
     def make_train(input_context=None, seed=0):
         del seed  # The pipeline shuffles.
-        return data_lib._shard(read(train), input_context)
+        return shard(read(train), input_context)
 
     return SegmentationSource(
         name=f"folder:{path}", num_classes=num_classes,
@@ -419,7 +424,7 @@ def _folder_pairs(path):
     images = {
         os.path.splitext(name)[0]: os.path.join(folders[0], name)
         for name in sorted(os.listdir(folders[0]))
-        if name.lower().endswith(data_lib._IMAGE_EXTENSIONS)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
     }
     missing = sorted(
         stem for stem in images if not os.path.isfile(
@@ -466,7 +471,7 @@ def random_crop_pair(image, mask, seed, size, scale=(0.08, 1.0),
                      ratio=(3.0 / 4.0, 4.0 / 3.0)):
     """One random crop of an image and its mask, resized to `size`.
 
-    The box is `data.random_resized_crop`'s (area `scale`, aspect `ratio`,
+    The box is `common.crop_window`'s (area `scale`, aspect `ratio`,
     stateless), taken as a fraction of the image, so that it covers the
     same part of a mask stored at another resolution.
 
@@ -475,21 +480,14 @@ def random_crop_pair(image, mask, seed, size, scale=(0.08, 1.0),
         mask: `(h, w)` or `(h, w, 1)` class ids.
         seed: int tensor of shape `(2,)`.
         size: output side.
-        scale, ratio: see `data.random_resized_crop`.
+        scale, ratio: see `common.crop_window`.
 
     Returns:
         `(image, mask)`: float32 `(size, size, 3)` and int32 `(size, size)`.
     """
-    shape = tf.shape(image)
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed, min_object_covered=float(scale[0]),
-        aspect_ratio_range=tuple(float(r) for r in ratio),
-        area_range=tuple(float(s) for s in scale), max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return _crop_pair(image, mask, begin[0], begin[1], crop[0], crop[1],
-                      size)
+    top, left, height, width = crop_window(tf.shape(image), seed, scale,
+                                           ratio)
+    return _crop_pair(image, mask, top, left, height, width, size)
 
 
 def center_crop_pair(image, mask, size, crop_fraction=1.0):

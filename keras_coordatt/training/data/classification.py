@@ -36,6 +36,11 @@ from keras_coordatt.datasets import digits_images
 from keras_coordatt.datasets import fashion_mnist_images
 from keras_coordatt.datasets import mnist_images
 from keras_coordatt.datasets import stratified_split
+from keras_coordatt.training.data.common import IMAGE_EXTENSIONS
+from keras_coordatt.training.data.common import as_images
+from keras_coordatt.training.data.common import crop_window
+from keras_coordatt.training.data.common import num_examples
+from keras_coordatt.training.data.common import shard
 from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
 from keras_coordatt.training.tasks import dataset_forms
@@ -43,7 +48,6 @@ from keras_coordatt.training.tasks import dataset_forms
 AUTOTUNE = tf.data.AUTOTUNE
 _VALIDATION_SPLITS = ("validation", "test")
 _FOLDER_SPLITS = ("train", "validation", "val", "test")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 @dataclasses.dataclass
@@ -213,7 +217,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
     Returns:
         An `ImageSource`.
     """
-    x_train = _as_images("x_train", x_train)
+    x_train = as_images("x_train", x_train)
     y_train = _as_labels("y_train", y_train, len(x_train))
     check_validation_pair(x_val, y_val)
     if x_val is None:
@@ -223,7 +227,7 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
         x_train, x_val = x_train[train_idx], x_train[val_idx]
         y_train, y_val = y_train[train_idx], y_train[val_idx]
     else:
-        x_val = _as_images("x_val", x_val)
+        x_val = as_images("x_val", x_val)
         y_val = _as_labels("y_val", y_val, len(x_val))
     return array_source(x_train, y_train, x_val, y_val,
                         num_classes=num_classes, name=name,
@@ -249,7 +253,7 @@ def array_source(x_train, y_train, x_val, y_val, *, num_classes=None,
     def make_train(input_context=None, seed=0):
         del seed  # The pipeline shuffles.
         ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        return _shard(ds, input_context)
+        return shard(ds, input_context)
 
     def make_val():
         return tf.data.Dataset.from_tensor_slices((x_val, y_val))
@@ -331,8 +335,8 @@ def from_tfds(name, *, data_dir=None, manual_dir=None, download=True,
     label = builder.info.features[label_key]
     return ImageSource(
         name=f"tfds:{name}", num_classes=label.num_classes,
-        train_examples=_num_examples(builder, splits, train_split, read),
-        val_examples=_num_examples(builder, splits, val_split, read),
+        train_examples=num_examples(builder, splits, train_split, read),
+        val_examples=num_examples(builder, splits, val_split, read),
         make_train=make_train, make_val=make_val,
         class_names=list(label.names),
     )
@@ -407,7 +411,7 @@ def tfds_train_reader(builder, read, train_split):
             # Too few files for one per pipeline (tfds would refuse): every
             # pipeline reads them all in the same order and keeps its share
             # of the examples (AutoShardPolicy.DATA).
-            return _shard(read(train_split), input_context)
+            return shard(read(train_split), input_context)
         # One file shard per pipeline (AutoShardPolicy.FILE), each pipeline
         # shuffling its own files.
         return read(train_split, input_context, seed, shuffle_files=True)
@@ -457,7 +461,7 @@ def _from_split_folder(path):
         ds = builder.as_dataset(
             split=split, shuffle_files=shuffle_files, as_supervised=True
         )
-        ds = _shard(ds, input_context)
+        ds = shard(ds, input_context)
         return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
 
     label = builder.info.features["label"]
@@ -498,7 +502,7 @@ def _from_class_folder(path, load_size, validation_fraction, seed):
     def make_train(input_context=None, seed=0):
         del seed
         ds = train.map(lambda x, y: (x, tf.cast(y, tf.int32)))
-        return _shard(ds, input_context)
+        return shard(ds, input_context)
 
     return ImageSource(
         name=f"folder:{path}", num_classes=len(class_names),
@@ -531,18 +535,8 @@ def random_resized_crop(image, seed, size, scale=(0.08, 1.0),
     """
     encoded = image.dtype == tf.string
     shape = tf.image.extract_jpeg_shape(image) if encoded else tf.shape(image)
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=float(scale[0]),
-        aspect_ratio_range=tuple(float(r) for r in ratio),
-        area_range=tuple(float(s) for s in scale),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return _crop_and_resize(image, begin[0], begin[1], crop[0], crop[1],
-                            size, encoded)
+    top, left, height, width = crop_window(shape, seed, scale, ratio)
+    return _crop_and_resize(image, top, left, height, width, size, encoded)
 
 
 def center_crop(image, size, crop_fraction=0.875):
@@ -790,33 +784,6 @@ def _options(deterministic):
     return options
 
 
-def _shard(ds, input_context):
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines,
-                      input_context.input_pipeline_id)
-    return ds
-
-
-def _as_images(name, x):
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"`{name}` must be images of shape (N, H, W), (N, H, W, 1) or "
-            f"(N, H, W, 3). Received: {name}.shape={x.shape}"
-        )
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    if not (np.issubdtype(x.dtype, np.integer)
-            or np.issubdtype(x.dtype, np.floating)):
-        raise ValueError(
-            f"`{name}` must hold numbers in [0, 255]. Received: "
-            f"{name}.dtype={x.dtype}"
-        )
-    return x
-
-
 def _as_labels(name, y, count):
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != count or not np.issubdtype(
@@ -867,16 +834,3 @@ def _num_files(builder, split):
         return len(builder.info.splits[split].file_instructions)
     except (KeyError, ValueError, TypeError, AttributeError):
         return 0
-
-
-def _num_examples(builder, splits, split, read):
-    if splits:
-        try:
-            return int(builder.info.splits[split].num_examples)
-        except (KeyError, ValueError):
-            pass
-    ds = read(split)
-    count = int(ds.cardinality())
-    if count < 0:
-        count = int(ds.reduce(0, lambda n, _: n + 1))
-    return count
