@@ -289,10 +289,15 @@ def test_map_and_detector_arguments_are_checked():
 
 
 def test_pipeline_and_source_errors_name_what_is_accepted():
-    with pytest.raises(ValueError, match=r"Unknown detection dataset\. "
-                       r"Received: dataset='digits'.*accepted: digits-det, "
-                       r"tfds:NAME"):
+    with pytest.raises(ValueError, match=r"`dataset='digits'` is a "
+                       r"classification dataset\. Received: dataset='digits', "
+                       r"task='detection'; accepted for task='detection': "
+                       r"digits-det$"):
         dd.load_source("digits")
+    with pytest.raises(ValueError, match=r"Unknown detection dataset\. "
+                       r"Received: dataset='nope'.*accepted: digits-det, "
+                       r"tfds:NAME"):
+        dd.load_source("nope")
     with pytest.raises(ValueError, match=r"Not a known tensorflow-datasets "
                        r"detection dataset\. Received: dataset='tfds:mnist'"
                        r".*accepted: tfds:voc, tfds:coco"):

@@ -547,8 +547,8 @@ def test_array_and_dataset_name_errors(tmp_path):
         from_arrays(x, y[:-1])
     with pytest.raises(ValueError, match="x_val"):
         from_arrays(x, y, x_val=x)
-    with pytest.raises(ValueError, match="dataset='mnist'.*tfds:NAME"):
-        load_source("mnist")
+    with pytest.raises(ValueError, match="dataset='cifar'.*mnist.*tfds:NAME"):
+        load_source("cifar")
     with pytest.raises(ValueError, match="tfds:no_such_dataset"):
         load_source("tfds:no_such_dataset")
     with pytest.raises(ValueError, match="Not an image-classification"):
