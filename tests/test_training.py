@@ -713,11 +713,17 @@ def test_resuming_a_completed_run_does_not_train_again(tmp_path, capsys):
                "global_batch_size": 64, "learning_rate": 0.0125,
                "resumed_from": None, "wall_time": 60.0}
     (tmp_path / "results.json").write_text(json.dumps(results))
+    # The model the results name (a missing one is an error: see
+    # test_file_safety.py).
+    inputs = keras.Input((3,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(
+        tmp_path / "model.keras")
     result = train("digits", overrides={"output_dir": str(tmp_path)},
                    resume=True)
     assert "Nothing to resume" in capsys.readouterr().out
     assert result.metrics == {"accuracy": 0.95}
-    assert result.optimizer_iterations == 264 and result.model is None
+    assert result.optimizer_iterations == 264
+    assert result.model.count_params() == 8
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 PROG = "keras-coordatt export"
 
@@ -73,6 +74,7 @@ def _parser():
 
 def main(argv=None):
     """Runs `keras-coordatt export`; returns the exit status."""
+    started = time.time()
     args = _parser().parse_args(argv)
     from keras_coordatt.export import exporter
 
@@ -89,6 +91,7 @@ def main(argv=None):
             RuntimeError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    _remove_killed_exports(args.output, started)
     try:
         metadata = exporter.export_model(
             args.output, args.export_format, model_name=args.model,
@@ -111,6 +114,27 @@ def main(argv=None):
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _remove_killed_exports(output, started):
+    """Removes the hidden folders that killed exports into `output` left
+    (`.NAME.tmp-*` being written, `.NAME.old-*` being replaced: the
+    prefixes of `atomic_directory`), those older than this run only: a
+    younger one belongs to an export still running."""
+    from keras_coordatt.utils.atomic import remove_stale
+
+    output = os.path.abspath(output)
+    parent, name = os.path.split(output)
+    # A `.old-` folder is the only copy when the kill came between its two
+    # renames (no `output` then): it stays.
+    prefixes = (f".{name}.tmp-",) + (
+        (f".{name}.old-",) if os.path.isdir(output) else ())
+    if os.path.isdir(parent):
+        removed = remove_stale(parent, prefixes,
+                               max_age=time.time() - started)
+        for entry in removed:
+            print(f"{PROG}: removed {os.path.join(parent, entry)}, left by "
+                  "a killed export", file=sys.stderr)
 
 
 if __name__ == "__main__":

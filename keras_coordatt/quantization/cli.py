@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from keras_coordatt.training.cli import add_config_arguments
+from keras_coordatt.training.cli import add_overwrite_argument
 
 # Not recipe settings for a QAT fine-tune: the twin has no BatchNorm to
 # recalibrate, starts from trained weights (no warm-up), and trains in
@@ -55,6 +56,11 @@ def _parser():
     p.add_argument("--float-output", default=None)
     p.add_argument("--json", default=None,
                    help="optional path for the results as JSON")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the interrupted training runs (float with --epochs, "
+        "then QAT in OUTPUT_DIR-qat) from their backups")
+    add_overwrite_argument(p)
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                    help="fit's verbosity: 0 silent, 1 bars, 2 a line/epoch")
     return p
@@ -85,20 +91,19 @@ def _qat_config(config, args):
     )
 
 
-def _float_model(config, model_file, epochs, source, verbose):
+def _float_model(config, model_file, epochs, source, verbose, runs):
     """The float model: `--model FILE.keras` or the registered network,
     trained first by `train()` when `--epochs` is given."""
-    import keras
-
     from keras_coordatt.training.fit import train
     from keras_coordatt.training.models import build_model
+    from keras_coordatt.utils.model_files import load_model
 
     model = None
     if model_file:
-        model = keras.saving.load_model(model_file)
+        model = load_model(model_file)
     if epochs:
         return train(config.replace(epochs=epochs), source=source,
-                     model=model, verbose=verbose).model
+                     model=model, verbose=verbose, **runs).model
     if model is None:
         model, _ = build_model(
             config.model, source.num_classes, image_size=config.image_size,
@@ -117,7 +122,10 @@ def run(args):
 
     config, model_file, epochs = _configs(args)
     source = load_config_source(config)
-    model = _float_model(config, model_file, epochs, source, args.verbose)
+    # What to do with the folders of earlier (killed or finished) runs.
+    runs = dict(resume=args.resume, overwrite=args.overwrite)
+    model = _float_model(config, model_file, epochs, source, args.verbose,
+                         runs)
     train_data, val_data = input_pipelines(
         config, source, config.per_replica_batch_size)
 
@@ -127,7 +135,7 @@ def run(args):
 
     if args.qat_epochs:
         qat = train(_qat_config(config, args), source=source, model=twin,
-                    verbose=args.verbose).model
+                    verbose=args.verbose, **runs).model
     else:
         qat = twin()
     blobs = {
@@ -192,22 +200,29 @@ def main(argv=None):
                   f"be >= {0 if flag == 'qat_epochs' else 1}. "
                   f"Received: {value}", file=sys.stderr)
             return 2
+    if args.resume and args.overwrite:
+        print("keras-coordatt quantize: --resume and --overwrite exclude "
+              "each other. Received: both", file=sys.stderr)
+        return 2
     try:
         results = run(args)
+        _print(results, args)
+        if args.json:
+            _write_json(results, args.json)
     except TrainingError as error:
         print(f"keras-coordatt quantize: {error}", file=sys.stderr)
         return 1
-    except ValueError as error:
+    except ValueError as error:  # WriteError (a full disk) included.
         print(f"keras-coordatt quantize: {error}", file=sys.stderr)
         return 2
-    _print(results, args)
-    if args.json:
-        from keras_coordatt.utils.atomic import atomic_file
-
-        with atomic_file(args.json) as tmp, open(tmp, "w",
-                                                 encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
     return 0
+
+
+def _write_json(results, path):
+    from keras_coordatt.utils.atomic import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,14 @@ def _set_int8_io(converter, int8_io):
 
 
 def _write(model_bytes, path):
+    """Writes the `.tflite` under a temporary name renamed into place: a
+    full disk raises `WriteError` naming `path` and leaves no truncated
+    file under it."""
+    from keras_coordatt.utils.atomic import atomic_file
+
     if path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
             f.write(model_bytes)
     return model_bytes
 

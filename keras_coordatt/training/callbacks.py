@@ -23,8 +23,10 @@ Layout of a backup directory:
                             (the latest backup's and the previous one's).
 """
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import warnings
 
@@ -32,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from keras_coordatt.utils import atomic
+from keras_coordatt.utils import model_files
 
 STATE_FILE = "state.json"
 _PREVIOUS = "previous"
@@ -124,6 +127,7 @@ class TrainingBackup:
             # file must stay as its checksum says.
             weights = f"ckpt-{iterations:09d}b.weights.h5"
         path = os.path.join(self.directory, weights)
+        self._check_space(path, model, previous)
         self._write(path, model.save_weights)
         state = {
             "phase": int(phase), "epoch": int(epoch), "step": int(step),
@@ -243,6 +247,24 @@ class TrainingBackup:
         state = stored and self._newest_intact(stored)[0]
         return _public(state) if state else None
 
+    def _check_space(self, path, model, previous):
+        """Refuses, before h5py runs, to write a backup that does not fit.
+
+        h5py segfaults when the disk fills during `save_weights` (the
+        interpreter dies, no `except` runs), so the free space is checked
+        against the previous backup's size (the same variables), else the
+        bytes of the model's and optimizer's variables.
+        """
+        if "://" in path:
+            return
+        estimate = 0
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                estimate = os.path.getsize(
+                    os.path.join(self.directory, previous["weights"]))
+        estimate = estimate or model_files.variables_bytes(model)
+        atomic.check_free_space(path, model_files.needed_bytes(estimate))
+
     def _write(self, path, write):
         """`write(temporary path)`, then the temporary renamed to `path`:
         locally flushed to the disk first (`atomic.atomic_file`)."""
@@ -350,9 +372,42 @@ def truncate_csv(path, epochs):
         if line.split(",", 1)[0].strip().isdigit()
         and int(line.split(",", 1)[0]) < epochs
     ]
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic.atomic_file(path) as tmp, open(tmp, "w",
+                                               encoding="utf-8") as f:
         f.writelines(kept)
-    os.replace(path + ".tmp", path)
+
+
+class ModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model at epoch ends, atomically (`model_files.save_model`:
+    the free space checked, then a temporary renamed into place), so that
+    a full disk or a kill never leaves a truncated `.keras` under `filepath`
+    (Keras' `ModelCheckpoint` writes it in place).
+
+    Args:
+        filepath: the `.keras` file.
+        monitor: with it, save only when `logs[monitor]` beats `best`
+            (higher is better); without, every epoch.
+    """
+
+    def __init__(self, filepath, monitor=None):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.best = -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                warnings.warn(
+                    f"Best-model checkpoint skipped: the logs have no "
+                    f"{self.monitor!r} (they have {sorted(logs or {})}).",
+                    stacklevel=2)
+                return
+            if not float(value) > self.best:
+                return
+            self.best = float(value)
+        model_files.save_model(self.model, self.filepath)
 
 
 def make_callbacks(output_dir, *, backup, save_every=0, phase=0,
@@ -362,8 +417,9 @@ def make_callbacks(output_dir, *, backup, save_every=0, phase=0,
 
     - `LearningRateLogger` (puts `learning_rate` in the logs);
     - `CSVLogger` appending to `output_dir/training_log{_tag}.csv`;
-    - `ModelCheckpoint` of the best epoch so far (`monitor`, max) to
-      `output_dir/checkpoints/best.keras` and of every epoch to
+    - `ModelCheckpoint` (this module's, atomic) of the best epoch so far
+      (`monitor`, max) to `output_dir/checkpoints/best.keras` and of every
+      epoch to
       `output_dir/checkpoints/last.keras`;
     - `TensorBoard` logs in `output_dir/logs[/tag]` (if `tensorboard` and
       the `tensorboard` package is installed);
@@ -386,19 +442,15 @@ def make_callbacks(output_dir, *, backup, save_every=0, phase=0,
     """
     checkpoints = os.path.join(output_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
-    best_checkpoint = keras.callbacks.ModelCheckpoint(
-        os.path.join(checkpoints, "best.keras"), monitor=monitor, mode="max",
-        save_best_only=True,
-    )
+    best_checkpoint = ModelCheckpoint(
+        os.path.join(checkpoints, "best.keras"), monitor=monitor)
     if best is not None:
         best_checkpoint.best = best
     callbacks = [
         LearningRateLogger(),
         keras.callbacks.CSVLogger(csv_log_path(output_dir, tag), append=True),
         best_checkpoint,
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoints, "last.keras")
-        ),
+        ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
     ]
     if tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(

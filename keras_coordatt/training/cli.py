@@ -78,11 +78,21 @@ def build_parser():
         "--resume", action="store_true",
         help="continue the run in the output folder from its backup",
     )
+    add_overwrite_argument(parser)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bars, 2 a line per epoch")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
     return parser
+
+
+def add_overwrite_argument(parser):
+    """`--overwrite` (shared with `quantize`)."""
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an output folder that holds a finished or "
+        "unfinished run (its results and backup are deleted)",
+    )
 
 
 def add_config_arguments(parser, model_files=False):
@@ -173,7 +183,8 @@ def main(argv=None):
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     try:
-        result = train(config, resume=args.resume, verbose=args.verbose)
+        result = train(config, resume=args.resume, verbose=args.verbose,
+                       overwrite=args.overwrite)
     except TrainingError as e:  # The run itself failed: exit 1.
         print(f"keras-coordatt train: {e}", file=sys.stderr)
         return 1

@@ -64,10 +64,13 @@ from keras_coordatt.training.schedules import scaled_learning_rate
 from keras_coordatt.training.strategy import check_multi_worker
 from keras_coordatt.training.strategy import device_kind
 from keras_coordatt.training.strategy import get_strategy
+from keras_coordatt.training.strategy import is_chief
 from keras_coordatt.training.strategy import is_multi_worker
 from keras_coordatt.training.strategy import worker_dir
 from keras_coordatt.training.tasks import get_task
+from keras_coordatt.utils import model_files
 from keras_coordatt.utils.atomic import atomic_file
+from keras_coordatt.utils.atomic import folder_lock
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -229,7 +232,8 @@ class _Run:
 
 
 def train(config="digits", *, overrides=None, strategy=None, source=None,
-          resume=False, verbose="auto", callbacks=None, model=None):
+          resume=False, verbose="auto", callbacks=None, model=None,
+          overwrite=False):
     """Trains (or fine-tunes) a model as `config` says.
 
     Args:
@@ -253,24 +257,38 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
             the default strategy). Its inputs must match the pipelines'
             (`config.image_size`, `config.model`'s preprocessing); a new
             run only (no `transfer` phases).
+        overwrite: start a new run in a folder that holds a finished run
+            (its `results.json`) or an unfinished one (its backup is
+            deleted); without it (or `resume`) such a folder is refused.
 
     Returns:
         A `TrainResult`.
 
     Raises:
-        ValueError: bad config, a dataset smaller than one batch, or an
-            unfinished run in the output folder without `resume`.
+        ValueError: bad config, a dataset smaller than one batch, a
+            finished or unfinished run in the output folder without
+            `resume` or `overwrite`, or another process writing there.
+        TrainingError: the run failed (a full disk included).
     """
     started = time.time()
     if not isinstance(config, TrainConfig):
         config = get_config(config)
     if overrides:
         config = config.replace(**overrides)
-    run = _open_run(config, strategy, resume, started)
-    if isinstance(run, TrainResult):
-        return run
+    model = _check_given_model(model, config)  # Before the folder.
+    # One run per folder: the chief holds `output_dir/.lock` until train()
+    # returns (two runs would mix their config, logs and results).
+    with contextlib.ExitStack() as lock:
+        run = _open_run(config, strategy, resume, started, lock, overwrite)
+        if isinstance(run, TrainResult):
+            return run
+        return _train_run(run, config, source, callbacks, model, verbose)
+
+
+def _train_run(run, config, source, callbacks, model, verbose):
+    """The phases of an opened run, then its final model and results."""
     run.user_callbacks = list(callbacks or [])
-    run.given_model = _check_given_model(model, config)
+    run.given_model = model
     try:
         _load_inputs(run, source)
         phases = plan_phases(config, run.steps_per_epoch, run.global_batch)
@@ -291,14 +309,18 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
             shutil.rmtree(run.run_dir, ignore_errors=True)
 
 
-def _open_run(config, strategy, resume, started):
-    """The strategy, precision and output folder; a completed run's result
-    when there is nothing to resume."""
+def _open_run(config, strategy, resume, started, lock, overwrite):
+    """The strategy, precision and output folder (locked in `lock`, an
+    `ExitStack`); a completed run's result when there is nothing to
+    resume."""
     if strategy is None or isinstance(strategy, str):
         strategy = get_strategy(strategy or config.strategy, config.tpu)
     strategy = check_multi_worker(as_strategy(strategy))
     kind = device_kind(strategy)
     output_dir = config.output_dir or default_output_dir(config)
+    chief = not is_multi_worker(strategy) or is_chief(strategy)
+    if chief:
+        lock.enter_context(folder_lock(output_dir, "training run"))
     # Every worker resumes from the chief's backup (the weights are the
     # same on all of them), so that they all continue at the same step.
     restore_backup = callbacks_lib.TrainingBackup(
@@ -307,6 +329,10 @@ def _open_run(config, strategy, resume, started):
                    or _completed(output_dir)):
         # Before anything in the folder changes (its config.json).
         _check_same_architecture(config, output_dir)
+    if overwrite and not resume and chief:
+        _discard_previous_run(output_dir, restore_backup)
+    elif not resume:
+        _refuse_finished(output_dir)
     state = restore_backup.read_state(verify=resume)
     num_workers = 1
     if is_multi_worker(strategy):
@@ -317,7 +343,8 @@ def _open_run(config, strategy, resume, started):
             f"{output_dir} holds the backup of an unfinished run (phase "
             f"{state['phase']}, epoch {state['epoch']}, step "
             f"{state['step']}). Received: resume=False; pass resume=True "
-            "(--resume) to continue it, or choose another output_dir."
+            "(--resume) to continue it, overwrite=True (--overwrite) to start "
+            "again, or choose another output_dir."
         )
     if state is None and resume:
         done = _completed(output_dir)
@@ -338,6 +365,26 @@ def _open_run(config, strategy, resume, started):
         best=state.get("best") if state else None, output_dir=output_dir,
         restore_backup=restore_backup, num_workers=num_workers,
     )
+
+
+def _discard_previous_run(output_dir, backup):
+    """`overwrite`: the folder's results and backup go before the new run
+    writes anything, so that it never reads as finished (or resumable)
+    with another run's files."""
+    results = os.path.join(output_dir, RESULTS_FILE)
+    if os.path.exists(results):
+        os.remove(results)
+    backup.clear()
+
+
+def _refuse_finished(output_dir):
+    if _completed(output_dir) is not None:
+        raise ValueError(
+            f"{output_dir} holds a finished run ({RESULTS_FILE}); a new run "
+            "would overwrite its model and results. Received: "
+            "overwrite=False; pass overwrite=True (--overwrite) to replace "
+            "it, resume=True (--resume) to return its result, or choose "
+            "another output_dir.")
 
 
 def _check_same_architecture(config, output_dir):
@@ -675,7 +722,7 @@ def _finish(run, history, learning_rate):
         metrics.update(get_task(config.task).call(
             "final_metrics", model, run.val_data) or {})
     with _failures(run, "Saving the model"):
-        model.save(os.path.join(run.run_dir, MODEL_FILE))
+        model_files.save_model(model, os.path.join(run.run_dir, MODEL_FILE))
     result = TrainResult(
         model=model, metrics={k: float(v) for k, v in metrics.items()},
         model_path=os.path.join(run.output_dir, MODEL_FILE),
@@ -728,7 +775,8 @@ def _failures(run, what):
         yield
     except TrainingError:
         raise
-    except (tf.errors.OpError, ValueError, TypeError, RuntimeError) as e:
+    except (tf.errors.OpError, OSError, ValueError, TypeError,
+            RuntimeError) as e:  # OSError: a full disk, say.
         raise TrainingError(_failure_message(run, what, e)) from e
 
 
@@ -814,8 +862,8 @@ def _write_results(result, folder):
         "num_workers": result.num_workers,
         "worker_batch_size": result.worker_batch_size,
     }
-    with open(os.path.join(folder, RESULTS_FILE), "w",
-              encoding="utf-8") as f:
+    with atomic_file(os.path.join(folder, RESULTS_FILE)) as tmp, open(
+            tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
 
 
@@ -823,17 +871,33 @@ def _completed(run_dir):
     path = os.path.join(run_dir, RESULTS_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return data if data.get("completed") else None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(
+            f"The results of the run in {run_dir} are unreadable ({path}: "
+            f"{type(e).__name__}: {str(e)[:200]}). Pass overwrite=True "
+            "(--overwrite) to start a new run there.") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"The results file {path} holds a JSON "
+                         f"{type(data).__name__}, not an object.")
+    if data.get("completed"):
+        data["_path"] = path
+        return data
+    return None
 
 
 def _result_from_file(data, config, started):
     model = None
     if get_task(config.task).hub_classes:
         import keras_coordatt.hub  # noqa: F401  (registers the backbones)
-    if os.path.exists(data["model_path"]):
-        model = keras.saving.load_model(data["model_path"])
+    if not os.path.exists(data["model_path"]):
+        raise ValueError(
+            f"The finished run's results {data['_path']} name the model "
+            f"{data['model_path']}, which does not exist. Restore it, or "
+            "pass overwrite=True (--overwrite) to train again.")
+    model = model_files.load_model(data["model_path"])
     return TrainResult(
         model=model, metrics=data["metrics"], model_path=data["model_path"],
         output_dir=os.path.dirname(data["model_path"]), history={},

@@ -9,12 +9,68 @@ power cut cannot leave the new name pointing at data never written.
 """
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 import time
 
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
+
+
+class WriteError(OSError, ValueError):
+    """Writing an output failed (a full disk, no permission): one line
+    naming the file. An `OSError` (with the original `errno`) and a
+    `ValueError`, so that the CLIs, which report `ValueError`s in one line,
+    report it too; the original error is its `__cause__`."""
+
+    def __str__(self):  # The message, without OSError's "[Errno N] ".
+        return self.strerror or super().__str__()
+
+
+def _write_error(path, error):
+    """The `WriteError` naming `path` for an `OSError` raised writing it."""
+    reason = error.strerror or str(error)
+    return WriteError(
+        error.errno or errno.EIO,
+        f"Could not write {path}: {reason}. Nothing was written under "
+        "that name (a previous version is left as it was).")
+
+
+def _umask():
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path, directory=False):
+    """Gives a temporary (`mkstemp`/`mkdtemp`: private, 0600/0700) the
+    mode an ordinary `open`/`mkdir` would: 0666/0777 less the umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def check_free_space(path, needed):
+    """Raises `WriteError` (ENOSPC) when the filesystem of `path` has less
+    than `needed` bytes free.
+
+    Checked before writers that crash instead of raising on a full disk:
+    h5py (the `.weights.h5` backups, the weights inside `.keras` files)
+    segfaults when a write fails with ENOSPC, killing the interpreter
+    before any `except` runs, so the only safe check is before the write.
+    """
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:  # Not a local path, or no statvfs: nothing to check.
+        return
+    if free < needed:
+        raise WriteError(
+            errno.ENOSPC,
+            f"Not enough free space to write {path}: about {needed} bytes "
+            f"needed, {free} free. Free some space or choose another output "
+            "folder.")
 
 
 @contextlib.contextmanager
@@ -38,9 +94,15 @@ def atomic_file(path):
     )
     os.close(fd)
     try:
-        yield tmp
-        fsync(tmp)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            publish_mode(tmp)
+            fsync(tmp)
+            os.replace(tmp, path)
+        except WriteError:
+            raise
+        except OSError as e:  # ENOSPC, EDQUOT, EIO, ...: one line, named.
+            raise _write_error(path, e) from e
         fsync_directory(directory)
     finally:
         if os.path.exists(tmp):
@@ -106,6 +168,8 @@ def atomic_directory(target, overwrite=False):
     )
     try:
         yield tmp
+        # mkdtemp makes it 0700; the export is for others to read too.
+        publish_mode(tmp, directory=True)
         if os.path.lexists(target):
             old = tempfile.mkdtemp(
                 dir=parent, prefix=f".{os.path.basename(target)}.old-"
@@ -171,3 +235,69 @@ def remove_stale(directory, prefixes=(TMP_PREFIX,), max_age=3600.0):
                     os.remove(path)
                 removed.append(name)
     return removed
+
+
+def _holder(path):
+    """The pid written in a lock file, or "unknown"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what="run"):
+    """Holds an exclusive lock on `folder` (its `.lock` file) while the
+    block runs, so that two processes never write one folder at once.
+
+    `fcntl.flock`: POSIX only (Linux, macOS), and local or NFSv4 folders;
+    elsewhere (Windows, `gs://` paths) the folder is not locked. The lock
+    goes with the process: a killed run leaves the `.lock` file, not the
+    lock, and the next run takes it. A finished run deletes the file while
+    it still holds the lock; a process that locked the deleted file sees
+    that the name now leads elsewhere and locks again.
+
+    Raises:
+        ValueError: another process holds the lock (names it and its pid).
+    """
+    folder = os.fspath(folder)
+    try:
+        import fcntl
+    except ImportError:  # Windows.
+        fcntl = None
+    if fcntl is None or "://" in folder:
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    fd = _lock(fcntl, path, folder, what)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # Still locked: nobody else holds this file.
+        os.close(fd)  # Releases the lock.
+
+
+def _lock(fcntl, path, folder, what):
+    """An open descriptor of `path`, exclusively locked."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"Another {what} (pid {_holder(path)}) is writing to "
+                f"{folder}; wait for it to end or choose another output "
+                "folder.") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # Locked a file its holder has just deleted.
