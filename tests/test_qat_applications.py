@@ -50,21 +50,19 @@ def _mobilenet_v3_after(model):
 
 
 # name -> (constructor, its arguments, where CA goes, preprocessing of
-# [0, 255] RGB images, whether XNNPACK runs every op the blocks add)
+# [0, 255] RGB images)
 NETWORKS = {
     "MobileNetV2": (apps.MobileNetV2, {"alpha": 0.35},
                     _after_name(r".*depthwise_relu"),
-                    apps.mobilenet_v2.preprocess_input, True),
-    # Blocks after the hard-swish activations: all int8, but some of their
-    # ADD and MUL ops fall outside XNNPACK's partitions (open).
+                    apps.mobilenet_v2.preprocess_input),
     "MobileNetV3Small": (apps.MobileNetV3Small, {"alpha": 0.75},
-                         _mobilenet_v3_after, None, False),
+                         _mobilenet_v3_after, None),
     "MobileNetV3Large": (apps.MobileNetV3Large, {"alpha": 0.75},
-                         _mobilenet_v3_after, None, False),
+                         _mobilenet_v3_after, None),
     "EfficientNetB0": (apps.EfficientNetB0, {},
-                       _after_name(r"block\d+[a-z]_activation"), None, True),
+                       _after_name(r"block\d+[a-z]_activation"), None),
     "ResNet50": (apps.ResNet50, {}, _after_name(r"conv\d_block\d+_out"),
-                 apps.resnet50.preprocess_input, True),
+                 apps.resnet50.preprocess_input),
 }
 
 
@@ -98,7 +96,7 @@ def _int8(model, images):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_inserted_attention_to_all_int8(name, digits):
-    constructor, kwargs, after, preprocess, xnnpack = NETWORKS[name]
+    constructor, kwargs, after, preprocess = NETWORKS[name]
     keras.utils.set_random_seed(0)
     base = constructor(weights=None, input_shape=(SIZE, SIZE, 3),
                        classes=10, **kwargs)
@@ -132,10 +130,11 @@ def test_inserted_attention_to_all_int8(name, digits):
     added = set(report["op_counts"]) - set(base_report["op_counts"])
     assert added <= {"MEAN", "CONV_2D", "ADD", "SUB", "MUL", "LOGISTIC",
                      "RESHAPE", "TRANSPOSE"}, added
+    # (Blocks never fine-tuned, s = 0, are another matter: their blend
+    # MUL by 0 gets a degenerate int8 scale that XNNPACK refuses.)
     outside = set(delegate["outside_delegate"])
-    same = outside <= set(base_delegate["outside_delegate"])
-    assert same == xnnpack, (delegate["outside_delegate"],
-                             base_delegate["outside_delegate"])
+    assert outside <= set(base_delegate["outside_delegate"]), (
+        delegate["outside_delegate"], base_delegate["outside_delegate"])
 
     # The int8 file against the QAT model on the real images: the bounds of
     # the QAT tests of the attention kinds.
