@@ -130,8 +130,8 @@ def test_inserted_attention_to_all_int8(name, digits):
     added = set(report["op_counts"]) - set(base_report["op_counts"])
     assert added <= {"MEAN", "CONV_2D", "ADD", "SUB", "MUL", "LOGISTIC",
                      "RESHAPE", "TRANSPOSE"}, added
-    # (Blocks never fine-tuned, s = 0, are another matter: their blend
-    # MUL by 0 gets a degenerate int8 scale that XNNPACK refuses.)
+    # (Seen once on MobileNetV3: blocks never fine-tuned, s = 0, calibrated
+    # on random images, left some of their ADD / MUL outside XNNPACK.)
     outside = set(delegate["outside_delegate"])
     assert outside <= set(base_delegate["outside_delegate"]), (
         delegate["outside_delegate"], base_delegate["outside_delegate"])
