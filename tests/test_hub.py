@@ -1,5 +1,6 @@
 """keras-hub classes: backbones, presets, converter, a DeepLabV3 on top."""
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,46 @@ def test_deeplabv3_on_the_backbone_learns_digit_scenes(net="v2"):
     assert np.all(np.isfinite(losses))
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert segmenter.predict(x[:2], verbose=0).shape == (2, 64, 64, 11)
+
+
+# `export --format keras-hub` on torch, in a subprocess: the application,
+# its keras-hub preset (verified by the exporter) and the preset loaded
+# back through keras-hub; prints the exporter's summary and the largest
+# difference to the application.
+_TORCH_EXPORT = """
+import json, sys
+import numpy as np, keras, keras_hub
+import keras_coordatt as kc
+from keras_coordatt.export import cli
+folder = sys.argv[1]
+model = kc.MobileNetV2CA(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                         classes=5)
+model.save_weights(folder + "/five.weights.h5")
+status = cli.main(["--model", "mobilenetv2_ca", "--alpha", "0.35",
+                   "--weights", folder + "/five.weights.h5",
+                   "--format", "keras-hub", "--input-size", "32",
+                   "--classes", "5", "--output", folder + "/preset"])
+task = keras_hub.models.ImageClassifier.from_preset(folder + "/preset")
+x = np.random.default_rng(0).uniform(-2, 2, (2, 32, 32, 3)).astype("float32")
+diff = np.abs(keras.ops.convert_to_numpy(task(x, training=False))
+              - model.predict(x, verbose=0)).max()
+print("RESULT " + json.dumps({"backend": keras.backend.backend(),
+                              "status": status, "diff": float(diff)}))
+"""
+
+
+def test_keras_hub_export_on_torch(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", _TORCH_EXPORT, str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[:out.stdout.rindex("RESULT")])
+    result = json.loads(out.stdout.splitlines()[-1][len("RESULT "):])
+    assert result["backend"] == "torch"
+    assert result["status"] == 0
+    check = summary["verification"]
+    assert check["keras_hub"]["max_abs_diff"] <= check["tolerance"]
+    assert check["keras_hub"]["top1_agreement"] == 1.0
+    assert result["diff"] <= 1e-5
+    assert os.path.isfile(tmp_path / "preset" / "task.json")

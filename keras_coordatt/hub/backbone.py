@@ -8,8 +8,31 @@ names, so a weights file of the application loads into it by name. Its
 subclass per application is made by `keras_coordatt.hub.factory`.
 """
 
+import contextlib
+
 import keras
 from keras_hub.models import Backbone
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(dtype):
+    """Keras' global dtype policy set to `dtype` (None: unchanged) inside.
+
+    Every layer an application constructor makes then takes the policy at
+    its creation (sublayers built later take it from their parent), as
+    keras-hub's backbones pass `dtype=` to each layer: variables are created
+    in the policy's variable dtype. Setting a policy on layers afterwards
+    leaves float32 variables under a float16 / bfloat16 compute dtype.
+    """
+    if dtype is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras.dtype_policies.get(dtype))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 class ApplicationBackbone(Backbone):
@@ -35,13 +58,12 @@ class ApplicationBackbone(Backbone):
                 "ApplicationBackbone is built through a subclass with an "
                 "`application` (keras_coordatt.hub.hub_classes(name)."
                 f"backbone). Received: {type(self).__name__}")
-        network = type(self).application(
-            input_shape=tuple(image_shape), alpha=alpha, include_top=False,
-            weights=None, reduction=reduction, attention=attention,
-        )
-        if dtype is not None:
-            for layer in network.layers:
-                layer.dtype_policy = keras.dtype_policies.get(dtype)
+        with dtype_policy_scope(dtype):
+            network = type(self).application(
+                input_shape=tuple(image_shape), alpha=alpha,
+                include_top=False, weights=None, reduction=reduction,
+                attention=attention,
+            )
         super().__init__(inputs=network.inputs[0],
                          outputs=network.outputs[0], dtype=dtype, **kwargs)
         self.pyramid_outputs = network.pyramid_outputs

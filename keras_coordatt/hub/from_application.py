@@ -74,7 +74,8 @@ def predict_hub_preset(directory, images):
     if os.path.exists(os.path.join(directory, "task.json")):
         task = keras_hub.models.ImageClassifier.from_preset(directory)
         # Calling the task runs backbone and head, not the preprocessor.
-        return np.asarray(task(images, training=False))
+        # convert_to_numpy, not np.asarray: torch outputs require grad.
+        return keras.ops.convert_to_numpy(task(images, training=False))
     backbone = keras_hub.models.Backbone.from_preset(directory)
     features = backbone(images, training=False)
-    return np.asarray(keras.ops.mean(features, axis=(1, 2)))
+    return keras.ops.convert_to_numpy(keras.ops.mean(features, axis=(1, 2)))

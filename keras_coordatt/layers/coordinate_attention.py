@@ -139,10 +139,12 @@ class CoordinateAttention(keras.layers.Layer):
         if not self._split_hard_swish:
             return ops.sigmoid(conv(encoded))
         # The encoding is 6 x hard_swish(y): the 1/6 goes into the kernel
-        # (a constant of the converted graph).
-        logits = ops.conv(encoded, conv.kernel * (1.0 / 6.0),
-                          data_format="channels_last")
-        return ops.sigmoid(logits + conv.bias)
+        # (a constant of the converted graph). The variables are read raw,
+        # outside `conv`'s call and its autocast, so they are cast to the
+        # encoding's dtype (float16 / bfloat16 under those policies).
+        kernel = ops.cast(conv.kernel, encoded.dtype) * (1.0 / 6.0)
+        logits = ops.conv(encoded, kernel, data_format="channels_last")
+        return ops.sigmoid(logits + ops.cast(conv.bias, logits.dtype))
 
     def _gates(self, inputs, training=None):
         """Returns the two sigmoid gates, broadcastable against `inputs`."""
