@@ -7,6 +7,7 @@ digits command line to >= 0.90 validation accuracy, and a SIGKILLed run
 resumed to the same optimizer step count.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -252,7 +253,9 @@ def test_what_a_tpu_run_changes_without_a_tpu(monkeypatch, tmp_path):
     monkeypatch.setattr(fit_lib, "device_kind", lambda strategy: "tpu")
     config = get_config("digits", {"output_dir": str(tmp_path),
                                    "per_replica_batch_size": 32})
-    run = fit_lib._open_run(config, get_strategy("cpu"), False, time.time())
+    with contextlib.ExitStack() as lock:
+        run = fit_lib._open_run(config, get_strategy("cpu"), False,
+                                time.time(), lock, False)
     assert (run.kind, run.policy, run.jit_compile) == (
         "tpu", "mixed_bfloat16", False)
     x = np.random.default_rng(0).uniform(0, 255, (100, 32, 32, 3))
