@@ -17,8 +17,20 @@ with _quiet_imports(verbose=not _running_command_line()):
     from keras_coordatt.layers import SimpleCoordAttention
     from keras_coordatt.layers import SqueezeExcitation
     from keras_coordatt.layers import StripAttention
+    from keras_coordatt.utils.after_import import when_imported as _when_imported
 
 __version__ = "0.1.0"
+
+
+def _register_hub_classes():
+    import keras_coordatt.hub  # noqa: F401 - registers the keras-hub classes
+
+
+# Saved keras-hub presets and `.keras` files of our networks name classes
+# like `keras_coordatt>MobileNetV2CABackbone`; they are registered as soon as
+# keras-hub is imported (by the user, or by Keras while loading such a
+# file), without importing keras-hub here.
+_when_imported("keras_hub", _register_hub_classes)
 
 __all__ = [
     "CBAM",

@@ -173,3 +173,60 @@ def test_keras_hub_export_on_torch(tmp_path):
     assert check["keras_hub"]["top1_agreement"] == 1.0
     assert result["diff"] <= 1e-5
     assert os.path.isfile(tmp_path / "preset" / "task.json")
+
+
+# Loading what the package saved, in a fresh process that imports
+# `keras_coordatt` only (keras-hub comes in through `from_preset`'s own
+# module or Keras' deserializer): the classes must be registered by then.
+_LOAD_FRESH = """
+import sys
+import numpy as np
+{imports}
+folder, kind = sys.argv[1], sys.argv[2]
+if kind == "preset":
+    import keras_hub
+    model = keras_hub.models.ImageClassifier.from_preset(folder)
+else:
+    import keras
+    model = keras.saving.load_model(folder + "/segmenter.keras")
+x = np.load(folder + "/x.npy")
+np.save(folder + "/out.npy", np.asarray(model.predict(x, verbose=0)))
+encoder = getattr(model.backbone, "image_encoder", model.backbone)
+print(type(model).__name__, type(encoder).__name__)
+"""
+
+
+def _segmenter_file(folder):
+    from keras_coordatt.training.segmentation import build_segmenter
+    segmenter, _ = build_segmenter("mobilenetv2_ca", 3, image_size=64,
+                                alpha=0.35)
+    segmenter.save(str(folder / "segmenter.keras"))
+    return segmenter
+
+
+@pytest.mark.parametrize("kind,imports", [
+    ("preset", "import keras_coordatt"),
+    ("preset", "import keras_hub, keras_coordatt"),
+    ("segmenter", "import keras_coordatt"),
+])
+def test_saved_models_load_after_importing_the_package_only(
+        kind, imports, tmp_path):
+    if kind == "preset":
+        model = MobileNetV2CAImageClassifier(
+            backbone=MobileNetV2CABackbone(alpha=0.35), num_classes=4,
+            preprocessor=MobileNetV2CAImageClassifierPreprocessor(
+                MobileNetV2CAImageConverter(image_size=(64, 64))))
+        model.save_to_preset(str(tmp_path))
+        x = _images(2, size=64)
+    else:
+        model = _segmenter_file(tmp_path)
+        x = np.asarray(kc.preprocess_input(_images(2, size=64)))
+    np.save(tmp_path / "x.npy", x)
+    code = _LOAD_FRESH.format(imports=imports)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), kind],
+                         cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MobileNetV2CABackbone" in out.stdout.splitlines()[-1]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
+                               model.predict(x, verbose=0), atol=1e-5)

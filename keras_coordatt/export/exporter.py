@@ -274,6 +274,12 @@ def make_metadata(model, kwargs, model_name, weights, variant,
             "formula": "(x / 255 - mean) / std, per RGB channel",
         },
         "weights": _weights_metadata(spec, weights),
+        # What a user who only has the files must do to load them: the
+        # classes are registered by the package (`keras_coordatt.hub`
+        # right after keras-hub is imported).
+        "requires": {"import": "keras_coordatt",
+                     "pip": "keras-coordatt[hub]"
+                     if export_format == "keras-hub" else "keras-coordatt"},
         "license": _license(spec, weights),
         "versions": {"keras": keras.__version__,
                      "keras_coordatt": keras_coordatt.__version__},
