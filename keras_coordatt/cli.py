@@ -9,6 +9,7 @@ import sys
 
 from keras_coordatt.quiet import quiet_imports
 from keras_coordatt.quiet import verbose_requested
+from keras_coordatt.utils.extras import MissingExtraError
 
 COMMANDS = {
     "convert": ("keras_coordatt.weights.cli", "convert PyTorch weights"),
@@ -46,7 +47,11 @@ def main(argv=None):
     with quiet_imports(verbose):
         module = importlib.import_module(COMMANDS[argv[0]][0])
         import tensorflow  # noqa: F401  (its C++ start-up logs, here)
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except MissingExtraError as error:  # one line: what to install
+        print(f"keras-coordatt {argv[0]}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import keras
 import numpy as np
 
 from keras_coordatt.training.segmentation import hub_encoder
+from keras_coordatt.utils.extras import require
 
 MONITOR = "val_map"
 # The pyramid levels of the heads: P3..P5, strides 8, 16, 32 (the
@@ -133,15 +134,8 @@ def build_detector(name, num_classes, *, image_size=64, alpha=1.0,
 def _import_extras():
     """keras-hub, after checking that pycocotools is there too (else a run
     would fail at the end of its first epoch)."""
-    try:
-        import keras_hub
-        import pycocotools  # noqa: F401
-    except ImportError as error:  # pragma: no cover - optional extra.
-        raise ImportError(
-            "Detection needs keras-hub and pycocotools: pip install "
-            "'keras-coordatt[hub]'"
-        ) from error
-    return keras_hub
+    require("pycocotools", "hub", "Detection (COCO mAP)")
+    return require("keras_hub", "hub", "Detection")
 
 
 def _initialise_heads(detector):

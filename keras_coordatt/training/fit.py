@@ -50,6 +50,7 @@ import tensorflow as tf
 from keras_coordatt.training import callbacks as callbacks_lib
 from keras_coordatt.training.batchnorm import _batchnorm_layers
 from keras_coordatt.training.batchnorm import recalibrate_batchnorm
+from keras_coordatt.training.data.common import first_unreadable
 from keras_coordatt.training.distribution import DistributionStrategy
 from keras_coordatt.training.distribution import as_strategy
 from keras_coordatt.training.distribution import run_scope
@@ -777,7 +778,23 @@ def _failures(run, what):
         raise
     except (tf.errors.OpError, OSError, ValueError, TypeError,
             RuntimeError) as e:  # OSError: a full disk, say.
+        bad = _unreadable_file(run, e)
+        if bad is not None:
+            raise TrainingError(
+                f"{what} failed: cannot read the image {bad[0]}: {bad[1]}"
+            ) from e
         raise TrainingError(_failure_message(run, what, e)) from e
+
+
+def _unreadable_file(run, error):
+    """`(path, reason)` of the data file that broke the input pipeline, if
+    the error is a decoding one and the data are files."""
+    files = getattr(getattr(run, "source", None), "files", None)
+    if not files or not isinstance(
+            error, (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+                    tf.errors.NotFoundError, tf.errors.UnknownError)):
+        return None
+    return first_unreadable(files)
 
 
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,

@@ -26,6 +26,7 @@ import keras
 from keras_coordatt.applications.arguments import validate_attention
 from keras_coordatt.applications.registry import get_application
 from keras_coordatt.applications.registry import get_application_spec
+from keras_coordatt.utils.extras import require
 
 MONITOR = "val_mean_iou"
 # DeepLabV3+ on strides 32 and 4 (keras-hub's arguments, as its presets).
@@ -124,8 +125,7 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
         ValueError: an unknown model or attention, or weights that do not
             fit (the application's errors).
     """
-    import keras_hub
-
+    keras_hub = require("keras_hub", "hub", "Segmentation")
     encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
                           weights=weights, reduction=reduction,
                           attention=attention,

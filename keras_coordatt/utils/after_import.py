@@ -21,7 +21,7 @@ def when_imported(module_name, callback):
     """Calls `callback()` now if `module_name` is imported, else right after
     its first import. A failing callback warns; the import itself never
     fails because of it."""
-    if module_name in sys.modules:
+    if sys.modules.get(module_name) is not None:
         _run(module_name, callback)
         return
     sys.meta_path.insert(0, _Finder(module_name, callback))

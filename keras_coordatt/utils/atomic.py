@@ -269,6 +269,7 @@ def folder_lock(folder, what="run"):
     if fcntl is None or "://" in folder:
         yield
         return
+    created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
     fd = _lock(fcntl, path, folder, what)
@@ -280,6 +281,9 @@ def folder_lock(folder, what="run"):
         with contextlib.suppress(OSError):
             os.remove(path)  # Still locked: nobody else holds this file.
         os.close(fd)  # Releases the lock.
+        if created:  # A run that failed before writing leaves no folder.
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # Only if empty.
 
 
 def _lock(fcntl, path, folder, what):

@@ -44,6 +44,7 @@ from keras_coordatt.training.data.common import shard
 from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
 from keras_coordatt.training.tasks import dataset_forms
+from keras_coordatt.utils.extras import require
 
 AUTOTUNE = tf.data.AUTOTUNE
 _VALIDATION_SPLITS = ("validation", "test")
@@ -63,6 +64,8 @@ class ImageSource:
             `(image, label)`, this input pipeline's shard only.
         make_val: `() -> tf.data.Dataset` of unbatched `(image, label)`.
         class_names: optional class names.
+        files: the image files it reads, if any: after a decoding error
+            inside `fit`, the training loop finds and names the bad one.
     """
 
     name: str
@@ -72,6 +75,7 @@ class ImageSource:
     make_train: Callable
     make_val: Callable
     class_names: Optional[list] = None
+    files: Optional[list] = None
 
 
 # ---------------------------------------------------------------------------
@@ -474,6 +478,7 @@ def _from_split_folder(path):
         ),
         make_val=lambda: read(val_split),
         class_names=list(label.names),
+        files=_image_files(path),
     )
 
 
@@ -510,7 +515,16 @@ def _from_class_folder(path, load_size, validation_fraction, seed):
         make_train=make_train,
         make_val=lambda: val.map(lambda x, y: (x, tf.cast(y, tf.int32))),
         class_names=class_names,
+        files=list(train.file_paths) + list(val.file_paths),
     )
+
+
+def _image_files(path):
+    """Every image file under `path`, sorted."""
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(path) for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 # ---------------------------------------------------------------------------
@@ -797,14 +811,8 @@ def _as_labels(name, y, count):
 
 
 def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # pragma: no cover - optional extra.
-        raise ImportError(
-            "tfds: and folder: datasets need tensorflow-datasets: "
-            "pip install 'keras-coordatt[datasets]'"
-        ) from e
-    return tfds
+    return require("tensorflow_datasets", "datasets",
+                   "tfds: and folder: datasets")
 
 
 def _supervised_keys(builder, name):

@@ -6,6 +6,8 @@ mask or boxes, and the three pipelines for the same seed, see the same
 window.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -85,3 +87,25 @@ def num_examples(builder, splits, split, read):
     if count < 0:
         count = int(ds.reduce(0, lambda n, _: n + 1))
     return count
+
+
+def first_unreadable(files):
+    """The first of `files` that TensorFlow's image decoder cannot read, as
+    `(path, reason)`, or None.
+
+    A decoding error inside `fit` names neither the file nor (often) the
+    cause; the training loop calls this after such an error to say which
+    file it was. It decodes every file (one at a time, eagerly), so it is
+    only run once something has failed.
+    """
+    for path in files:
+        try:
+            data = tf.io.read_file(path)
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except (tf.errors.OpError, OSError) as error:
+            message = getattr(error, "message", None) or str(error)
+            lines = [line.strip() for line in message.splitlines()
+                     if line.strip() and not line.strip().startswith("[[")]
+            return os.fsdecode(path), (lines[0] if lines
+                                       else type(error).__name__)
+    return None

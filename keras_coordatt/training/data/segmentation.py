@@ -327,6 +327,7 @@ def from_folder(path, validation_fraction=0.1, seed=0, *, num_classes=None,
         make_train=make_train, make_val=lambda: read(val),
         class_names=class_names,
         ignore_index=ignore_index if found_ignore else None,
+        files=[image for image, _ in pairs],
     )
 
 
@@ -347,6 +348,15 @@ def read_mask(path):
             "Reading segmentation masks needs Pillow: pip install "
             "'keras-coordatt[datasets]'") from e
     path = os.fsdecode(path)
+    try:
+        return _mask_ids(Image, path)
+    except (OSError, SyntaxError) as error:  # Pillow's decoding errors.
+        raise ValueError(
+            f"Could not read a segmentation mask. Received: {path} "
+            f"({type(error).__name__}: {error})") from error
+
+
+def _mask_ids(Image, path):
     with Image.open(path) as image:
         if image.mode not in _ID_MODES:
             raise ValueError(

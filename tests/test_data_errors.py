@@ -1,0 +1,80 @@
+"""A data file that cannot be read: the error names the file and the
+decoder's reason, in one line (issue: `InvalidArgumentError: <stack traces
+unavailable>` with no file)."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from keras_coordatt.training import cli as train_cli
+from keras_coordatt.training.data import segmentation as sd
+from keras_coordatt.training.data.common import first_unreadable
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def _png(path, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size, size, 3)).astype("uint8")
+    Image.fromarray(pixels).save(path)
+
+
+def _jpeg_bytes(size=32):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 128, "uint8")).save(
+        buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_first_unreadable_names_file_and_reason(tmp_path):
+    good = tmp_path / "good.png"
+    _png(good)
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(_jpeg_bytes()[:40])
+    dangling = tmp_path / "dangling.png"
+    os.symlink(tmp_path / "absent.png", dangling)
+    assert first_unreadable([str(good)]) is None
+    for bad in (text, truncated, dangling):
+        path, reason = first_unreadable([str(good), str(bad)])
+        assert path == str(bad)
+        assert reason and "\n" not in reason
+    assert "image file format" in first_unreadable([str(text)])[1]
+
+
+def test_unreadable_mask_names_the_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        _png(tmp_path / "images" / f"s{i}.png", seed=i)
+        Image.fromarray(np.zeros((32, 32), "uint8")).save(
+            tmp_path / "masks" / f"s{i}.png")
+    (tmp_path / "masks" / "s1.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match=(
+            r"Could not read a segmentation mask\. Received: .*s1\.png "
+            r"\(UnidentifiedImageError")):
+        sd.from_folder(str(tmp_path))
+
+
+def test_train_names_the_image_that_breaks_fit(tmp_path, capsys):
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            _png(data / label / f"{i}.png", seed=i)
+    broken = data / "a" / "broken.jpg"
+    broken.write_text("not an image")
+    out = tmp_path / "run"
+    args = ["--dataset", f"folder:{data}", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--alpha", "0.35",
+            "--output-dir", str(out), "--verbose", "0",
+            "--set", "bn_recalibration_steps=0",
+            "--set", "tensorboard=false"]
+    assert train_cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"cannot read the image {broken}:" in err[0]
+    assert "image file format" in err[0]
