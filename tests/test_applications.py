@@ -199,7 +199,8 @@ def test_channels_first_builds_the_same_network():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"weights": "imagenet", "classes": 10}, "classes=10"),
+        ({"weights": "imagenet", "classes": 10},
+         r"classes=10\. For other classes.*--config transfer"),
         ({"weights": "imagenet", "alpha": 0.5}, "alpha=0.5"),
         ({"weights": "imagenet", "reduction": 16}, "reduction=16"),
         ({"weights": None, "input_shape": (31, 64, 3), "include_top": False},

@@ -78,3 +78,24 @@ def test_train_names_the_image_that_breaks_fit(tmp_path, capsys):
     assert len(err) == 1, err
     assert f"cannot read the image {broken}:" in err[0]
     assert "image file format" in err[0]
+
+
+def test_offline_tfds_fails_fast_with_the_way_out(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    import socket
+
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), 5).close()
+        pytest.skip("this machine is online: the download would start")
+    except OSError:
+        pass
+    status = train_cli.main([
+        "--dataset", "tfds:tf_flowers", "--data-dir", str(tmp_path / "tfds"),
+        "--epochs", "1", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1, err
+    assert "tfds:tf_flowers is not prepared in" in err[0]
+    assert "cannot reach storage.googleapis.com" in err[0]
+    assert "--data-dir" in err[0] and "--manual-dir" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -58,7 +58,11 @@ def validate_weights(weights, include_top, classes, published=True):
         if include_top and classes != 1000:
             raise ValueError(
                 'If using `weights="imagenet"` with `include_top` as true, '
-                f"`classes` should be 1000. Received: classes={classes}"
+                f"`classes` should be 1000. Received: classes={classes}. "
+                "For other classes, put a new classifier on the pretrained "
+                "network without its top (`include_top=False`; on the "
+                "command line `keras-coordatt train --config transfer "
+                "--weights imagenet`)."
             )
         return
     if weights is None:

@@ -362,12 +362,53 @@ def tfds_builder(name, data_dir, accepted):
         ) from e
 
 
+# Where tensorflow-datasets downloads most datasets from: unreachable means
+# offline, and a download would retry for minutes before failing.
+_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
 def prepare_tfds(builder, download, manual_dir):
-    """Downloads and prepares the builder's data if allowed and needed."""
-    if download and not builder.is_prepared():
-        download_config = _import_tfds().download.DownloadConfig(
-            manual_dir=manual_dir)
+    """Downloads and prepares the builder's data if allowed and needed.
+
+    Raises:
+        ValueError: the data are not prepared and cannot be (offline, or
+            the download failed), saying the ways out.
+    """
+    if not download or builder.is_prepared():
+        return
+    name = f"tfds:{builder.name}"
+    way_out = (
+        f"prepare it once on a machine with network (the same command), "
+        f"then pass --data-dir (data_dir) of that folder; datasets with "
+        f"manual downloads read their archives from --manual-dir")
+    manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    offline = None if manual else _offline_reason()
+    if offline:
+        raise ValueError(
+            f"{name} is not prepared in {builder.data_dir} and it cannot be "
+            f"downloaded: this machine cannot reach {_DOWNLOAD_HOST[0]} "
+            f"({offline}). Received: dataset={name!r}; {way_out}.")
+    download_config = _import_tfds().download.DownloadConfig(
+        manual_dir=manual_dir)
+    try:
         builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # noqa: BLE001 - tfds raises anything here.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"Could not download and prepare {name} into "
+            f"{builder.data_dir}: {type(e).__name__}: {first[:300]}. "
+            f"Received: dataset={name!r}; {way_out}.") from e
+
+
+def _offline_reason():
+    """None when tensorflow-datasets' download host answers, else why."""
+    import socket
+
+    try:
+        socket.create_connection(_DOWNLOAD_HOST, timeout=10).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def tfds_splits(builder, train_split, val_split, validation_fraction):
