@@ -230,3 +230,18 @@ def test_saved_models_load_after_importing_the_package_only(
     assert "MobileNetV2CABackbone" in out.stdout.splitlines()[-1]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
                                model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("alpha", 300, r"alpha=300; accepted: up to 4\.0 \(keras_coordatt"),
+    ("image_shape", [100000, 100000, 3], r"sides of 1\.\.4096 pixels"),
+])
+def test_preset_architecture_is_bounded_before_building(
+        key, value, match, tmp_path):
+    MobileNetV2CABackbone(alpha=0.35).save_to_preset(str(tmp_path))
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    config["config"][key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        keras_hub.models.Backbone.from_preset(str(tmp_path))

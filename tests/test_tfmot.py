@@ -303,6 +303,15 @@ def test_tf_keras_side_refuses_files_that_do_not_fit(tmp_path, tfmot_extra):
     assert result.returncode == 1
     assert "unknown constructor arguments. Received: ['weights']" in \
         result.stderr, result.stderr[-2000:]
+    # A few bytes may not ask for a network of tens of GB.
+    del spec["arguments"]["weights"]
+    spec["arguments"]["alpha"] = 300
+    with open(tmp_path / bridge.APPLICATION_FILE, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    result = _run_worker_on(tmp_path)
+    assert result.returncode == 1
+    assert "alpha=300; accepted: up to 4.0" in result.stderr, \
+        result.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

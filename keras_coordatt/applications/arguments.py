@@ -318,3 +318,37 @@ def validate_alpha(alpha):
             "`alpha` must be a positive, finite number. "
             f"Received: alpha={alpha!r}"
         )
+
+
+# Bounds on architecture arguments read from files (keras-hub presets' and
+# the tfmot bridge's config.json / application.json): such a file is a few
+# bytes, yet `alpha=300` would build tens of GB of weights before anything
+# refuses. The published networks use alpha <= 1.4 and 224-pixel inputs;
+# raise these module attributes (as Pillow's `Image.MAX_IMAGE_PIXELS`) to
+# load a larger network on purpose.
+MAX_FILE_ALPHA = 4.0
+MAX_FILE_IMAGE_SIDE = 4096
+
+
+def check_file_architecture(source, alpha=None, image_shape=None):
+    """Raises unless `alpha` and `image_shape` read from the file `source`
+    are within `MAX_FILE_ALPHA` and `MAX_FILE_IMAGE_SIDE`."""
+    if alpha is not None:
+        validate_alpha(alpha)
+        if alpha > MAX_FILE_ALPHA:
+            raise ValueError(
+                f"{source}: `alpha` is larger than the files of this package "
+                f"may build. Received: alpha={alpha!r}; accepted: up to "
+                f"{MAX_FILE_ALPHA} (keras_coordatt.applications.arguments."
+                "MAX_FILE_ALPHA, which you may raise)")
+    if image_shape is not None:
+        sides = list(image_shape)[:-1] if len(image_shape) == 3 else []
+        bad = [s for s in sides if s is not None and (
+            isinstance(s, bool) or not isinstance(s, int)
+            or not 0 < s <= MAX_FILE_IMAGE_SIDE)]
+        if len(image_shape) != 3 or bad:
+            raise ValueError(
+                f"{source}: the image shape must be (height, width, "
+                f"channels) with sides of 1..{MAX_FILE_IMAGE_SIDE} pixels or "
+                f"None. Received: {tuple(image_shape)!r} (keras_coordatt."
+                "applications.arguments.MAX_FILE_IMAGE_SIDE may be raised)")

@@ -13,6 +13,8 @@ import contextlib
 import keras
 from keras_hub.models import Backbone
 
+from keras_coordatt.applications.arguments import check_file_architecture
+
 
 @contextlib.contextmanager
 def dtype_policy_scope(dtype):
@@ -71,6 +73,14 @@ class ApplicationBackbone(Backbone):
         self.reduction = reduction
         self.attention = attention
         self.image_shape = tuple(image_shape)
+
+    @classmethod
+    def from_config(cls, config):
+        # A preset's config.json is untrusted: bounded before building.
+        check_file_architecture(
+            f"the config of {cls.__name__}", alpha=config.get("alpha"),
+            image_shape=config.get("image_shape"))
+        return super().from_config(config)
 
     def get_config(self):
         config = super().get_config()

@@ -69,6 +69,7 @@ import time
 
 import numpy as np
 
+from keras_coordatt.applications.arguments import check_file_architecture
 from keras_coordatt.applications.blocks import Namespace
 from keras_coordatt.applications.registry import get_application
 from keras_coordatt.quantization.tfmot_bridge import APPLICATION_FILE
@@ -327,6 +328,10 @@ def build_tf_keras_model(directory):
         )
     if "input_shape" in arguments:
         arguments["input_shape"] = tuple(arguments["input_shape"])
+    check_file_architecture(
+        os.path.join(directory, APPLICATION_FILE),
+        alpha=arguments.get("alpha"),
+        image_shape=arguments.get("input_shape"))
     constructor = get_application(spec.get("application"))
     model = constructor(weights=None, namespace=TF_KERAS, **arguments)
     with np.load(os.path.join(directory, WEIGHTS_FILE),

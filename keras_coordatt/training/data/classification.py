@@ -45,6 +45,7 @@ from keras_coordatt.training.dataset_registry import find_dataset
 from keras_coordatt.training.dataset_registry import load_named
 from keras_coordatt.training.tasks import dataset_forms
 from keras_coordatt.utils.extras import require
+from keras_coordatt.utils.npz import load_npz
 
 AUTOTUNE = tf.data.AUTOTUNE
 _VALIDATION_SPLITS = ("validation", "test")
@@ -276,15 +277,14 @@ def from_npz(path, validation_fraction=0.1, seed=0):
         raise ValueError(
             f"No such .npz file. Received: dataset='npz:{path}'"
         )
-    with np.load(path) as data:
-        missing = {"x_train", "y_train"} - set(data.files)
-        if missing:
-            raise ValueError(
-                f"The .npz file must hold x_train and y_train (and "
-                f"optionally x_val, y_val). Received: {path!r} with "
-                f"{sorted(data.files)}"
-            )
-        arrays = {k: data[k] for k in data.files}
+    arrays = load_npz(path)  # Bounded by what the file holds.
+    missing = {"x_train", "y_train"} - set(arrays)
+    if missing:
+        raise ValueError(
+            f"The .npz file must hold x_train and y_train (and "
+            f"optionally x_val, y_val). Received: {path!r} with "
+            f"{sorted(arrays)}"
+        )
     return from_arrays(
         arrays["x_train"], arrays["y_train"], arrays.get("x_val"),
         arrays.get("y_val"), validation_fraction=validation_fraction,
