@@ -91,3 +91,28 @@ def test_crafted_npz_is_refused_under_a_memory_limit(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REFUSED" in out.stdout and "declares" in out.stdout
+
+
+@pytest.mark.parametrize("change,match", [
+    ("nan", r"`x_train` must hold finite numbers in \[0, 255\]\. Received: "
+            r"x_train with 1 NaN or infinite values"),
+    ("one_class", r"every label is 0, a single class"),
+    ("huge_label", r"the largest label is 2147483647, which would make "
+                   r"2,147,483,648 classes"),
+])
+def test_npz_values_that_would_train_nonsense(change, match, tmp_path):
+    from keras_coordatt.training.data.classification import from_npz
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (20, 8, 8, 3)).astype("float32")
+    y = np.arange(20) % 2
+    if change == "nan":
+        x[3, 2, 1, 0] = np.nan
+    elif change == "one_class":
+        y[:] = 0
+    else:
+        y[5] = 2**31 - 1
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=x, y_train=y)
+    with pytest.raises(ValueError, match=match):
+        from_npz(str(path))

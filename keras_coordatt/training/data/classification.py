@@ -239,6 +239,30 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, *,
                         class_names=class_names)
 
 
+# Classes counted from the labels (`max + 1`) stop here: one stray label of
+# 2**31 - 1 would otherwise build a classifier of 2**31 outputs. Pass
+# `num_classes` to go beyond.
+MAX_INFERRED_CLASSES = 100_000
+
+
+def _inferred_classes(name, y_train, y_val):
+    """`max label + 1` of the arrays, checked: two classes at least (one
+    would score 1.0 for nothing), at most `MAX_INFERRED_CLASSES`."""
+    largest = int(max(y_train.max(), y_val.max()))
+    if largest + 1 > MAX_INFERRED_CLASSES:
+        raise ValueError(
+            f"{name}: the largest label is {largest}, which would make "
+            f"{largest + 1:,} classes. Received: labels up to {largest}; "
+            f"accepted: ids 0..N-1 with N up to {MAX_INFERRED_CLASSES:,} "
+            "(pass num_classes for more)")
+    if largest < 1:
+        raise ValueError(
+            f"{name}: every label is {largest}, a single class: there is "
+            "nothing to learn and accuracy would read 1.0. Received: one "
+            "class; accepted: labels of two classes or more")
+    return largest + 1
+
+
 def check_validation_pair(x_val, y_val):
     """Raises unless `x_val` and `y_val` are both given or both None."""
     if (x_val is None) != (y_val is None):
@@ -253,7 +277,7 @@ def array_source(x_train, y_train, x_val, y_val, *, num_classes=None,
     """An `ImageSource` over checked, split arrays (targets: labels or
     masks); `num_classes` defaults to the largest target + 1."""
     if num_classes is None:
-        num_classes = int(max(y_train.max(), y_val.max())) + 1
+        num_classes = _inferred_classes(name, y_train, y_val)
 
     def make_train(input_context=None, seed=0):
         del seed  # The pipeline shuffles.

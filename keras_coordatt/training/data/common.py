@@ -71,6 +71,12 @@ def as_images(name, x):
             f"`{name}` must hold numbers in [0, 255]. Received: "
             f"{name}.dtype={x.dtype}"
         )
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:  # A NaN pixel trains a NaN model, silently.
+            raise ValueError(
+                f"`{name}` must hold finite numbers in [0, 255]. Received: "
+                f"{name} with {bad:,} NaN or infinite values")
     return x
 
 
