@@ -216,9 +216,8 @@ def test_qat_twin_converts_to_all_int8_litert(toy, tmp_path):
 
 def test_export_keras_reads_the_spec(toy, tmp_path):
     from keras_coordatt.export import export_model
-    from keras_coordatt.export import load_preset
 
-    out = tmp_path / "toy_preset"
+    out = tmp_path / "toy_keras"
     metadata = export_model(str(out), "keras", model_name="toy_ca",
                             weights=None, classes=5, num_verify_images=2)
     assert metadata["model"] == "toy_ca"
@@ -229,11 +228,11 @@ def test_export_keras_reads_the_spec(toy, tmp_path):
         "keras_coordatt.preprocess_input"
     assert metadata["preprocessing"]["mean"] == list(toy.mean)
     assert metadata["weights"]["source"] == "random"
-    assert metadata["verification"]["preset"]["max_abs_diff"] <= \
+    assert metadata["verification"]["keras"]["max_abs_diff"] <= \
         metadata["verification"]["tolerance"]
     with open(out / "metadata.json") as f:
         assert json.load(f)["model"] == "toy_ca"
-    loaded = load_preset(str(out))
+    loaded = keras.saving.load_model(str(out / "model.keras"))
     assert loaded.output.shape == (None, 5)
 
 

@@ -1,5 +1,6 @@
-"""Hub exports: every format reproduces the Keras model, presets round-trip,
-the feature-vector SavedModel fine-tunes, bad arguments write nothing.
+"""Hub exports: every format reproduces the Keras model, .keras files
+round-trip, a .keras file exports with its own architecture, the
+feature-vector SavedModel fine-tunes, bad arguments write nothing.
 
 One model: the README's main-job network (MobileNetV2CA, alpha 0.35, 32x32,
 10 classes) trained on the offline digits (`digits_demo`, trained once per
@@ -21,12 +22,12 @@ from keras_coordatt.export import build_model  # noqa: E402
 from keras_coordatt.export import cli  # noqa: E402
 from keras_coordatt.export import export_model  # noqa: E402
 from keras_coordatt.export import formats  # noqa: E402
-from keras_coordatt.export import load_preset  # noqa: E402
 from keras_coordatt.export import random_images  # noqa: E402
 from keras_coordatt.export import verify_artifact  # noqa: E402
 from keras_coordatt.export.exporter import compare  # noqa: E402
 from keras_coordatt.export.exporter import ROUNDING_FACTOR  # noqa: E402
 from keras_coordatt.export.exporter import float64_outputs  # noqa: E402
+from keras_coordatt.export.exporter import float_tolerance  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -265,14 +266,14 @@ def test_onnx_matches_keras(tmp_path, classifier, weights_file, images,
                  exact)
 
 
-def test_preset_round_trips_to_an_identical_model(tmp_path, classifier,
-                                                  weights_file, images,
-                                                  reference):
+def test_keras_file_round_trips_to_an_identical_model(tmp_path, classifier,
+                                                      weights_file, images,
+                                                      reference):
     model, _ = classifier
     out, _ = _export(tmp_path, "keras", classifier, weights=weights_file)
-    assert sorted(os.listdir(out)) == [
-        "config.json", "metadata.json", "model.weights.h5"]
-    rebuilt = load_preset(out)
+    assert sorted(os.listdir(out)) == ["metadata.json", "model.keras"]
+    path = os.path.join(out, "model.keras")
+    rebuilt = keras.saving.load_model(path, safe_mode=True)
     assert [layer.name for layer in rebuilt.layers] == [
         layer.name for layer in model.layers]
     assert [layer.get_config() for layer in rebuilt.layers] == [
@@ -283,7 +284,7 @@ def test_preset_round_trips_to_an_identical_model(tmp_path, classifier,
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     diff = np.abs(np.asarray(rebuilt.predict(images, verbose=0)) -
                   reference).max()
-    _report("preset round trip", {"max_abs_diff": float(diff)})
+    _report("keras file round trip", {"max_abs_diff": float(diff)})
     assert diff == 0.0
 
     with open(os.path.join(out, "metadata.json")) as f:
@@ -305,17 +306,10 @@ def test_preset_round_trips_to_an_identical_model(tmp_path, classifier,
     assert metadata["preprocessing"]["std"] == [0.229, 0.224, 0.225]
     assert metadata["weights"]["source"] == "file"
     assert len(metadata["weights"]["sha256"]) == 64
-    assert len(metadata["files"]["model.weights.h5"]["sha256"]) == 64
+    # The hash of the file as written: a changed copy is not this export.
+    assert metadata["files"] == {"model.keras": {
+        "sha256": formats.sha256(path), "bytes": os.path.getsize(path)}}
     assert metadata["versions"]["keras"] == keras.__version__
-
-    # A corrupted weights file is refused.
-    with open(os.path.join(out, "model.weights.h5"), "r+b") as f:
-        f.seek(-64, os.SEEK_END)
-        tail = f.read(64)
-        f.seek(-64, os.SEEK_END)
-        f.write(bytes(b ^ 0xFF for b in tail))
-    with pytest.raises(ValueError, match="SHA-256"):
-        load_preset(out)
 
 
 def test_imagenet_metadata_names_the_source_checkpoint(classifier):
@@ -426,34 +420,13 @@ def test_failure_during_export_leaves_no_directory(tmp_path, classifier,
 def test_failed_verification_leaves_no_directory(tmp_path, classifier,
                                                  monkeypatch):
     model, kwargs = classifier
-    real = formats.predict_preset
-    monkeypatch.setattr(formats, "predict_preset",
+    real = formats.predict_keras
+    monkeypatch.setattr(formats, "predict_keras",
                         lambda path, x: real(path, x) + 1e-3)
     with pytest.raises(AssertionError, match="differs from the Keras model"):
-        export_model(tmp_path / "preset", "keras", weights=None, model=model,
+        export_model(tmp_path / "keras", "keras", weights=None, model=model,
                      model_kwargs=kwargs, **COMMON)
     assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("handle", ["hf://someone/mobilenetv2_ca",
-                                    "kaggle://someone/ca/keras/v1"])
-def test_remote_preset_needs_keras_hub(handle):
-    try:
-        import keras_hub  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("keras-hub is installed")
-    with pytest.raises(ImportError, match="pip install keras-hub"):
-        load_preset(handle)
-
-
-def test_missing_preset_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No preset folder"):
-        load_preset(tmp_path / "nothing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_preset(tmp_path / "empty")
 
 
 def test_manifest_entries_are_valid_export_commands():
@@ -568,3 +541,170 @@ def test_copy_weights_by_name_reports_every_mismatch():
     # Nothing was set: the first layer's shapes differ, so all stay.
     for a, b in zip(before, other.weights):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+# `export --model PATH.keras`: the architecture comes from the file.
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, images):
+    """An untrained MobileNetV2CA saved as a run saves it: `model.keras`
+    with the run's `config.json` beside it; its float64 outputs."""
+    import keras_coordatt as kc
+    from keras_coordatt.training.recipes import TrainConfig
+
+    keras.utils.set_random_seed(0)
+    model = kc.MobileNetV2CA(alpha=ALPHA, input_shape=SHAPE,
+                             classes=CLASSES, weights=None)
+    # Not trained, but not at its initialisation either (where every image
+    # gets the same output): BatchNorm calibrated on random images, as in
+    # test_untrained_network_tolerance_follows_its_float32_rounding.
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(random_images(SHAPE, 16, seed=100), training=True)
+    kernel = model.get_layer("predictions").kernel
+    kernel.assign(kernel * 3.0)
+    run = tmp_path_factory.mktemp("run")
+    model.save(run / "model.keras")
+    config = TrainConfig(model="mobilenetv2_ca", alpha=ALPHA,
+                         image_size=SIZE).to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    return model, str(run / "model.keras"), float64_outputs(model, images)
+
+
+def _export_file(tmp_path, capsys, path, fmt, *flags):
+    out = tmp_path / fmt
+    status = cli.main(["--model", path, "--format", fmt, "--output",
+                       str(out), *flags])
+    assert status == 0, capsys.readouterr().err
+    with open(out / "metadata.json") as f:
+        metadata = json.load(f)
+    return str(out), metadata.get("keras_coordatt", metadata)
+
+
+@pytest.mark.parametrize("fmt", ["keras"] + [
+    pytest.param(fmt, marks=pytest.mark.slow)  # 40 s to 2 min each
+    for fmt in ("keras-hub", "litert", "onnx", "saved_model")])
+def test_model_file_exports_with_its_own_architecture(tmp_path, capsys,
+                                                      saved_run, images, fmt):
+    from keras_coordatt.export.exporter import run_artifact
+
+    if fmt == "keras-hub":
+        pytest.importorskip("keras_hub")
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("tf2onnx")
+    model, path, exact = saved_run
+    # No --alpha, --input-size or --classes: all read from the file.
+    out, metadata = _export_file(tmp_path, capsys, path, fmt)
+    assert metadata["model"] == "mobilenetv2_ca"
+    assert metadata["architecture"] == {
+        "constructor": "keras_coordatt.MobileNetV2CA",
+        "kwargs": {"input_shape": [SIZE, SIZE, 3], "alpha": ALPHA,
+                   "reduction": None, "attention": True, "classes": CLASSES,
+                   "classifier_activation": "softmax"}}
+    assert metadata["weights"]["file"] == "model.keras"
+    assert metadata["weights"]["sha256"] == formats.sha256(path)
+    assert metadata["input"]["shape"] == [None, *SHAPE]
+    runtimes = [k for k in metadata["verification"]
+                if isinstance(metadata["verification"][k], dict)]
+    assert runtimes  # the exporter verified the artifact itself
+    reference = np.asarray(model.predict(images, verbose=0))
+    assert reference.std(axis=0).max() > 0.05  # depends on the image
+    # An untrained network amplifies float32 rounding: the exporter's
+    # bound (1e-5, or 3x the Keras model's own distance from float64).
+    tolerance = float_tolerance(reference, exact)
+    for runtime, outputs in run_artifact(fmt, out, images).items():
+        result = compare(reference, outputs, classification=True)
+        result["max_abs_diff_vs_float64"] = float(np.abs(outputs -
+                                                         exact).max())
+        _report(f"{fmt} from .keras ({runtime})", result)
+        assert result["max_abs_diff"] <= tolerance
+        assert result["max_abs_diff_vs_float64"] <= tolerance
+        assert result["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_model_file_feature_vector_and_agreeing_flags(tmp_path, capsys,
+                                                      saved_run, images):
+    model, path, _ = saved_run
+    out, metadata = _export_file(
+        tmp_path, capsys, path, "keras", "--variant", "feature_vector",
+        "--alpha", str(ALPHA), "--input-size", str(SIZE), "--classes",
+        str(CLASSES))
+    assert metadata["output"]["shape"] == [None, 1280]
+    exported = keras.saving.load_model(os.path.join(out, "model.keras"))
+    # The pooled features: the classifier and its dropout dropped.
+    assert [layer.name for layer in exported.layers[-2:]] == [
+        "out_relu", "avg_pool"]
+    pooled = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+    np.testing.assert_array_equal(exported.predict(images, verbose=0),
+                                  pooled.predict(images, verbose=0))
+
+
+@pytest.mark.slow
+def test_model_file_without_run_config(tmp_path, capsys, saved_run):
+    """The model's own name, no constructor; keras-hub still finds the
+    application from the model's name and checks it layer by layer."""
+    pytest.importorskip("keras_hub")
+    model, path, _ = saved_run
+    alone = tmp_path / "alone" / "model.keras"
+    alone.parent.mkdir()
+    alone.write_bytes(open(path, "rb").read())
+    _, metadata = _export_file(tmp_path, capsys, str(alone), "keras")
+    assert metadata["model"] == "mobilenetv2_ca_0.35_32" == model.name
+    assert metadata["architecture"]["constructor"] is None
+    assert metadata["preprocessing"] is None  # not known without the run
+    _, metadata = _export_file(tmp_path, capsys, str(alone), "keras-hub")
+    assert metadata["verification"]["keras_hub"]["max_abs_diff"] <= \
+        metadata["verification"]["tolerance"]
+    assert cli.main(["--model", str(alone), "--format", "onnx", "--alpha",
+                     "0.35", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "keras-coordatt export: error: --alpha cannot be checked against "
+        f"the model file {alone}: no config.json of its training run beside "
+        "it names one; leave --alpha out. Received: --alpha=0.35")
+
+
+@pytest.mark.parametrize("flags, holds, given", [
+    (["--classes", "7"], "10 classes", "--classes=7"),
+    (["--input-size", "64"], "32x32 images", "--input-size=64"),
+    (["--alpha", "1.0"], "alpha=0.35 (its config.json)", "--alpha=1.0"),
+    (["--logits"], "a softmax output (not logits)", "--logits=True"),
+])
+def test_model_file_flag_mismatch_is_named(tmp_path, capsys, saved_run,
+                                           flags, holds, given):
+    _, path, _ = saved_run
+    out = tmp_path / "out"
+    assert cli.main(["--model", path, "--format", "litert", "--output",
+                     str(out), *flags]) == 2
+    flag = flags[0]
+    assert capsys.readouterr().err.strip() == (
+        f"keras-coordatt export: error: {flag} disagrees with the model "
+        f"file {path}, which holds {holds}; leave {flag} out (the file "
+        f"defines the architecture) or pass its value. Received: {given}")
+    assert os.listdir(tmp_path) == []
+
+
+def test_model_file_weights_and_unregistered_keras_hub(tmp_path, capsys,
+                                                       saved_run):
+    _, path, _ = saved_run
+    out = str(tmp_path / "out")
+    assert cli.main(["--model", path, "--format", "onnx", "--weights",
+                     "none", "--output", out]) == 2
+    assert f"--weights does not apply to a model file: {path} holds its " \
+        "weights. Received: --weights=none" in capsys.readouterr().err
+    pytest.importorskip("keras_hub")
+    inputs = keras.Input(SHAPE)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(inputs))
+    tiny = tmp_path / "tiny.keras"
+    keras.Model(inputs, outputs, name="tiny").save(tiny)
+    assert cli.main(["--model", str(tiny), "--format", "keras-hub",
+                     "--output", out]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "keras-coordatt export: error: keras-hub presets need a registered "
+        "application (mobilenetv2_ca, mobilenext_ca): the model 'tiny' of "
+        f"{tiny} is not one (it is none of them). Export it as keras, "
+        "saved_model, litert or onnx. Received: format='keras-hub'")
+    assert sorted(os.listdir(tmp_path)) == ["tiny.keras"]

@@ -1,10 +1,17 @@
-"""`keras-coordatt export`: hub artifacts (preset, SavedModel, LiteRT, ONNX).
+"""`keras-coordatt export`: hub artifacts (.keras, keras-hub preset,
+SavedModel, LiteRT, ONNX).
 
-Example:
+Examples:
 
     keras-coordatt export --model mobilenetv2_ca --alpha 1.0 \\
         --weights imagenet --format saved_model --variant feature_vector \\
         --output saved_models/mobilenetv2_ca_1.0_224_feature_vector
+    keras-coordatt export --model runs/digits/model.keras --format litert \\
+        --output exports/digits_litert
+
+`--model` is a registered application (built from --alpha, --input-size,
+--classes, --weights) or a `.keras` file, whose architecture and weights
+come from the file: flags given with it must agree with it.
 
 Bad arguments (unknown format or variant, missing weights file, existing
 output) exit with status 2 and a one-line message, before anything is
@@ -30,18 +37,22 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Export a Coordinate Attention model to a hub format: "
-        "a keras-hub-style preset folder (keras), a TF SavedModel, a LiteRT "
+        "a .keras file (keras), a keras-hub preset (keras-hub), a TF "
+        "SavedModel, a LiteRT "
         "(.tflite) model or ONNX. The output is a folder holding the "
         "artifact and metadata.json; it is checked against the Keras model "
         "on random images before it is moved into place.",
     )
     parser.add_argument("--model", default=DEFAULT_APPLICATION,
                         help=f"one of {', '.join(application_names())} "
-                        f"(default {DEFAULT_APPLICATION})")
-    parser.add_argument("--alpha", type=float, default=1.0,
+                        f"(default {DEFAULT_APPLICATION}), or a .keras file "
+                        "(the architecture and weights are read from it)")
+    # Architecture flags default to None ("not given"): with a .keras file
+    # only the given ones are checked against it.
+    parser.add_argument("--alpha", type=float,
                         help="width multiplier (default 1.0)")
-    parser.add_argument("--weights", default="imagenet",
-                        help="'imagenet' (the authors' checkpoint, "
+    parser.add_argument("--weights",
+                        help="'imagenet' (default: the authors' checkpoint, "
                         "downloaded), 'none' (random) or a weights file "
                         "(.weights.h5, .keras, .h5, .pth, .pt)")
     parser.add_argument("--format", required=True, dest="export_format",
@@ -51,9 +62,9 @@ def _parser():
                         "classification)")
     parser.add_argument("--output", required=True,
                         help="output folder (must not exist)")
-    parser.add_argument("--input-size", type=int, default=224,
+    parser.add_argument("--input-size", type=int,
                         help="square image size (default 224)")
-    parser.add_argument("--classes", type=int, default=1000,
+    parser.add_argument("--classes", type=int,
                         help="classes of the classifier (default 1000)")
     parser.add_argument("--logits", action="store_true",
                         help="classifier without softmax")
@@ -76,13 +87,8 @@ def main(argv=None):
     """Runs `keras-coordatt export`; returns the exit status."""
     started = time.time()
     args = _parser().parse_args(argv)
-    from keras_coordatt.export import exporter
-
-    weights = None if args.weights.lower() == "none" else args.weights
     try:
-        exporter.check_arguments(
-            args.model, weights, args.export_format, args.variant,
-            int8=args.int8, representative=args.representative)
+        export = _prepare(args)
         if os.path.lexists(args.output) and not args.overwrite:
             raise FileExistsError(
                 f"the output {args.output!r} already exists (use "
@@ -93,11 +99,8 @@ def main(argv=None):
         return 2
     _remove_killed_exports(args.output, started)
     try:
-        metadata = exporter.export_model(
-            args.output, args.export_format, model_name=args.model,
-            alpha=args.alpha, weights=weights, variant=args.variant,
-            input_size=args.input_size, classes=args.classes,
-            classifier_activation=None if args.logits else "softmax",
+        metadata = export(
+            args.output, args.export_format, variant=args.variant,
             int8=args.int8, representative=args.representative,
             num_samples=args.num_samples, overwrite=args.overwrite,
             verify=not args.no_verify)
@@ -114,6 +117,46 @@ def main(argv=None):
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _prepare(args):
+    """Checks the arguments (and loads a .keras file, checking the flags
+    against it); returns the export function, its model arguments bound.
+
+    Raises:
+        ValueError, FileNotFoundError, RuntimeError: bad arguments.
+    """
+    import functools
+
+    from keras_coordatt.export import exporter
+    from keras_coordatt.export import model_file
+
+    weights = args.weights
+    if weights is not None and weights.lower() == "none":
+        weights = None
+    if model_file.is_model_file(args.model):
+        exporter.check_format(args.export_format, args.variant,
+                              int8=args.int8,
+                              representative=args.representative)
+        source = model_file.load_model_file(
+            args.model, args.variant, alpha=args.alpha,
+            input_size=args.input_size, classes=args.classes,
+            logits=args.logits, weights=args.weights)
+        if args.export_format == "keras-hub":  # refused before any export
+            from keras_coordatt.hub.from_application import find_application
+
+            find_application(source.model, source.run_config, source.path)
+        return functools.partial(exporter.export_model_file, source=source)
+    weights = "imagenet" if args.weights is None else weights
+    exporter.check_arguments(
+        args.model, weights, args.export_format, args.variant,
+        int8=args.int8, representative=args.representative)
+    return functools.partial(
+        exporter.export_model, model_name=args.model,
+        alpha=1.0 if args.alpha is None else args.alpha, weights=weights,
+        input_size=224 if args.input_size is None else args.input_size,
+        classes=1000 if args.classes is None else args.classes,
+        classifier_activation=None if args.logits else "softmax")
 
 
 def _remove_killed_exports(output, started):

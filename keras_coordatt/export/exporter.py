@@ -9,6 +9,7 @@ removes the temporary folder.
 """
 
 import datetime
+import json
 import math
 import os
 
@@ -20,7 +21,6 @@ from keras_coordatt.applications.registry import get_application
 from keras_coordatt.applications.registry import get_application_spec
 from keras_coordatt.applications.registry import names_with
 from keras_coordatt.export import formats
-from keras_coordatt.export.preset import write_json
 from keras_coordatt.utils.atomic import atomic_directory
 from keras_coordatt.utils.layer_weights import copy_weights_by_name
 
@@ -32,8 +32,8 @@ OUTPUT_NAMES = {"classification": "predictions",
                 "feature_vector": "feature_vector"}
 ARTIFACT_FILES = {"litert": "model.tflite", "onnx": "model.onnx"}
 # Largest |artifact - keras| allowed on the verification images, for every
-# float format: the preset and the SavedModel run the same float32 TensorFlow
-# graph (measured: 0); LiteRT and ONNX fold BatchNorm into the kernels and
+# float format: the .keras file and the SavedModel run the same float32
+# TensorFlow graph (measured: 0); LiteRT and ONNX fold BatchNorm into the kernels and
 # sum in another order (measured on the trained digits model: 4e-7).
 FLOAT_TOLERANCE = 1e-5
 # No float32 runtime can agree with the Keras model more closely than float32
@@ -59,16 +59,7 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
         RuntimeError: `int8` without `keras_coordatt.quantization`.
     """
     spec = get_application_spec(model_name)
-    if export_format not in formats.FORMATS:
-        raise ValueError(
-            f"Unknown format {export_format!r}; expected one of "
-            f"{', '.join(formats.FORMATS)}."
-        )
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"Unknown variant {variant!r}; expected one of "
-            f"{', '.join(VARIANTS)}."
-        )
+    check_format(export_format, variant, int8, representative)
     published_name = isinstance(weights, str) and weights in spec.weights
     if weights not in (None, "imagenet") and not published_name:
         if not os.path.isfile(os.fspath(weights)):
@@ -83,6 +74,21 @@ def check_arguments(model_name, weights, export_format, variant, int8=False,
             "ImageNet weights were published for "
             f"{', '.join(published) or 'no network'} only. "
             f"Received: model={model_name!r}"
+        )
+
+
+def check_format(export_format, variant, int8=False, representative=None):
+    """The checks of `check_arguments` that do not depend on the model
+    (also those of a model read from a `.keras` file)."""
+    if export_format not in formats.FORMATS:
+        raise ValueError(
+            f"Unknown format {export_format!r}; expected one of "
+            f"{', '.join(formats.FORMATS)}."
+        )
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"Unknown variant {variant!r}; expected one of "
+            f"{', '.join(VARIANTS)}."
         )
     if int8:
         if export_format != "litert":
@@ -178,9 +184,8 @@ def _count(variables):
 
 
 def _weights_metadata(spec, weights):
-    from keras_coordatt.export.preset import sha256
-
-    if isinstance(weights, str) and weights in spec.weights:
+    if spec is not None and isinstance(weights, str) and \
+            weights in spec.weights:
         published = spec.weights[weights]
         return {"source": weights, **published.source,
                 "description": published.description}
@@ -193,7 +198,7 @@ def _weights_metadata(spec, weights):
     return {
         "source": "file",
         "file": os.path.basename(path),
-        "sha256": sha256(path),
+        "sha256": formats.sha256(path),
         "git_blob_id": git_blob_sha1(path),
     }
 
@@ -210,7 +215,8 @@ def _public_path(function):
 
 
 def _license(spec, weights):
-    if isinstance(weights, str) and weights in spec.weights:
+    if spec is not None and isinstance(weights, str) and \
+            weights in spec.weights:
         return spec.weights[weights].license or CODE_LICENSE
     if weights is None:
         return CODE_LICENSE
@@ -223,15 +229,41 @@ def make_metadata(model, kwargs, model_name, weights, variant,
     """The metadata.json content of an exported model; the preprocessing,
     published weights and constructor are those of the model's
     `ApplicationSpec`."""
-    import keras
-
-    import keras_coordatt
-
     spec = get_application_spec(model_name)
+    return describe(model, kwargs, model_name, spec,
+                    _public_path(spec.constructor), weights, variant,
+                    export_format)
+
+
+def _preprocessing(spec):
+    """The input's value range and the preprocessing of `spec` (None, None
+    for a model of no registered application: unknown)."""
+    if spec is None:
+        return None, None
     mean = [float(m) for m in spec.mean]
     std = [float(s) for s in spec.std]
     low = min((0.0 - m) / s for m, s in zip(mean, std))
     high = max((1.0 - m) / s for m, s in zip(mean, std))
+    return [round(low, 6), round(high, 6)], {
+        "function": _public_path(spec.preprocess_input),
+        "mode": spec.preprocessing_mode,
+        "scale": "1/255",
+        "mean": mean,
+        "std": std,
+        "formula": "(x / 255 - mean) / std, per RGB channel",
+    }
+
+
+def describe(model, kwargs, model_name, spec, constructor, weights, variant,
+             export_format):
+    """`make_metadata` for any model: `spec` (None: not a registered
+    application) gives the preprocessing, `constructor` (a public path or
+    None) the architecture."""
+    import keras
+
+    import keras_coordatt
+
+    value_range, preprocessing = _preprocessing(spec)
     output_shape = [None] + list(model.outputs[0].shape[1:])
     arch = {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in kwargs.items()}
@@ -241,7 +273,7 @@ def make_metadata(model, kwargs, model_name, weights, variant,
         "variant": variant,
         "format": export_format,
         "architecture": {
-            "constructor": _public_path(spec.constructor),
+            "constructor": constructor,
             "kwargs": arch,
         },
         "parameter_count": {
@@ -255,7 +287,7 @@ def make_metadata(model, kwargs, model_name, weights, variant,
             "dtype": "float32",
             "data_format": "channels_last",
             "color_order": "RGB",
-            "value_range": [round(low, 6), round(high, 6)],
+            "value_range": value_range,
             "raw_value_range": [0, 255],
         },
         "output": {
@@ -265,14 +297,7 @@ def make_metadata(model, kwargs, model_name, weights, variant,
             "activation": (kwargs.get("classifier_activation")
                            if variant == "classification" else None),
         },
-        "preprocessing": {
-            "function": _public_path(spec.preprocess_input),
-            "mode": spec.preprocessing_mode,
-            "scale": "1/255",
-            "mean": mean,
-            "std": std,
-            "formula": "(x / 255 - mean) / std, per RGB channel",
-        },
+        "preprocessing": preprocessing,
         "weights": _weights_metadata(spec, weights),
         # What a user who only has the files must do to load them: the
         # classes are registered by the package (`keras_coordatt.hub`
@@ -314,7 +339,7 @@ def compare(reference, outputs, classification):
 def run_artifact(export_format, path, images):
     """Runs an exported artifact (folder) on `images`; dict of outputs."""
     if export_format == "keras":
-        return {"preset": formats.predict_preset(path, images)}
+        return {"keras": formats.predict_keras(path, images)}
     if export_format == "keras-hub":
         from keras_coordatt.hub.from_application import predict_hub_preset
 
@@ -500,7 +525,7 @@ def export_model(output, export_format, model_name=DEFAULT_APPLICATION,
 
     Args:
         output: the folder to produce (must not exist unless `overwrite`).
-        export_format: `"keras"` (preset folder), `"keras-hub"` (keras-hub
+        export_format: `"keras"` (`model.keras`), `"keras-hub"` (keras-hub
             preset of the `keras_coordatt.hub` twin), `"saved_model"`,
             `"litert"` or `"onnx"`.
         model_name: a registered application (`applications.registry`).
@@ -536,37 +561,102 @@ def export_model(output, export_format, model_name=DEFAULT_APPLICATION,
     """
     check_arguments(model_name, weights, export_format, variant, int8,
                     representative)
+    _check_output(output, overwrite)
+    if model is None:
+        model, model_kwargs = build_model(
+            model_name, alpha, weights, variant, input_size, classes,
+            classifier_activation)
+    spec = get_application_spec(model_name)
+    metadata = make_metadata(model, model_kwargs, model_name, weights,
+                             variant, export_format)
+    hub_args = (model_name, model_kwargs["alpha"], {})
+    return _write(output, export_format, model, metadata, variant, hub_args,
+                  spec.preprocess_input, overwrite=overwrite, verify=verify,
+                  num_verify_images=num_verify_images, int8=int8,
+                  representative=representative, num_samples=num_samples)
+
+
+def export_model_file(output, export_format, source, variant="classification",
+                      int8=False, representative=None, num_samples=200,
+                      overwrite=False, verify=True, num_verify_images=4,
+                      **flags):
+    """Exports the model of a `.keras` file, its architecture read from it.
+
+    Args:
+        output, export_format, variant, int8, representative, num_samples,
+        overwrite, verify, num_verify_images: as for `export_model`.
+        source: the `.keras` file, or a `ModelFile` it was loaded into
+            (`model_file.load_model_file`, which the CLI calls first, so
+            that bad flags exit before any export starts).
+        **flags: `alpha`, `input_size`, `classes`, `logits`: checked
+            against the file, never used to build anything.
+
+    Returns:
+        The metadata dict written to `<output>/metadata.json`: the model
+        and alpha of the run's `config.json` beside the file when there is
+        one, else the model's own name and `"constructor": null`.
+
+    Raises:
+        ValueError: a flag that disagrees with the file; `keras-hub` for a
+            model that is not a registered application.
+    """
+    from keras_coordatt.export import model_file
+
+    check_format(export_format, variant, int8, representative)
+    _check_output(output, overwrite)
+    if not isinstance(source, model_file.ModelFile):
+        source = model_file.load_model_file(source, variant, **flags)
+    hub_args = None
+    if export_format == "keras-hub":
+        from keras_coordatt.hub.from_application import find_application
+
+        hub_args = find_application(source.model, source.run_config,
+                                    source.path)
+    spec, config = source.spec, source.run_config or {}
+    constructor = None  # the run's application, unless it added a head
+    if spec is not None and not config.get("transfer") and config.get(
+            "task", "classification") == "classification":
+        constructor = _public_path(spec.constructor)
+    metadata = describe(source.model, source.kwargs, source.model_name, spec,
+                        constructor, source.path, variant, export_format)
+    return _write(output, export_format, source.model, metadata, variant,
+                  hub_args, spec.preprocess_input if spec else None,
+                  overwrite=overwrite, verify=verify,
+                  num_verify_images=num_verify_images, int8=int8,
+                  representative=representative, num_samples=num_samples)
+
+
+def _check_output(output, overwrite):
     output = os.path.abspath(os.fspath(output))
     if os.path.lexists(output) and not overwrite:
         raise FileExistsError(
             f"The output {output!r} already exists; choose another path or "
             "pass --overwrite."
         )
-    if model is None:
-        model, model_kwargs = build_model(
-            model_name, alpha, weights, variant, input_size, classes,
-            classifier_activation)
-    output_name = OUTPUT_NAMES[variant]
-    metadata = make_metadata(model, model_kwargs, model_name, weights,
-                             variant, export_format)
+
+
+def _write(output, export_format, model, metadata, variant, hub_args,
+           preprocess_input, overwrite, verify, num_verify_images, int8,
+           representative, num_samples):
+    """Writes the artifact into a temporary folder, verifies it, adds
+    metadata.json and moves the folder to `output`."""
+    output = os.path.abspath(os.fspath(output))
     with atomic_directory(output, overwrite=overwrite) as tmp:
         if export_format == "keras":
-            metadata["files"] = {}
-            formats.export_keras(model, tmp, metadata)
-            metadata = _read_json(os.path.join(tmp, "metadata.json"))
+            metadata["files"] = formats.export_keras(model, tmp)
         elif export_format == "keras-hub":
-            hub_metadata = formats.export_keras_hub(
-                model, tmp, model_name, model_kwargs["alpha"])
+            model_name, alpha, hub_kwargs = hub_args
+            hub_metadata = formats.export_keras_hub(model, tmp, model_name,
+                                                    alpha, **hub_kwargs)
         elif export_format == "saved_model":
             metadata["saved_model"] = formats.export_saved_model(
-                model, tmp, output_name=output_name)
+                model, tmp, output_name=OUTPUT_NAMES[variant])
         elif export_format == "litert":
             data = None
             if int8:
                 data = load_representative(
                     representative, tuple(model.inputs[0].shape[1:]),
-                    num_samples,
-                    get_application_spec(model_name).preprocess_input)
+                    num_samples, preprocess_input)
             metadata["litert"] = formats.export_litert(
                 model, os.path.join(tmp, ARTIFACT_FILES["litert"]),
                 int8=int8, representative_data=data,
@@ -574,7 +664,7 @@ def export_model(output, export_format, model_name=DEFAULT_APPLICATION,
         else:
             metadata["onnx"] = formats.export_onnx(
                 model, os.path.join(tmp, ARTIFACT_FILES["onnx"]),
-                output_name=output_name)
+                output_name=OUTPUT_NAMES[variant])
         if verify:
             metadata["verification"] = verify_artifact(
                 model, export_format, tmp, variant, num_verify_images,
@@ -587,8 +677,7 @@ def export_model(output, export_format, model_name=DEFAULT_APPLICATION,
     return metadata
 
 
-def _read_json(path):
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def write_json(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")

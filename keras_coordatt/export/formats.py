@@ -6,14 +6,16 @@ given. `keras_coordatt.export.export_model` wraps them with argument checks,
 metadata, verification and an atomic output directory.
 
 Formats:
-- `keras`: a keras-hub-style preset folder of the Keras model
-  (`export_keras`, see `keras_coordatt.export.preset`), loaded back with
-  `keras_coordatt.export.load_preset`.
+- `keras`: the native Keras file `model.keras` (`export_keras`, written
+  atomically by `keras_coordatt.utils.model_files.save_model`), loaded back
+  with `keras.saving.load_model` (safe mode) after `import keras_coordatt`.
 - `keras-hub`: a keras-hub preset of the model's keras-hub twin
   (`keras_coordatt.hub`: an `ImageClassifier` with its preprocessor, or a
   `Backbone`), written by keras-hub's `save_to_preset`: it loads with
-  `keras_hub.models.ImageClassifier.from_preset` and uploads with
-  `keras_hub.upload_preset("hf://USER/NAME", folder)` (or `kaggle://`).
+  `keras_hub.models.ImageClassifier.from_preset` (a local folder, or a
+  `kaggle://` / `hf://` handle, which keras-hub downloads itself) and uploads
+  with `keras_hub.upload_preset("hf://USER/NAME", folder)` (or `kaggle://`).
+  The package's only preset format is keras-hub's.
 - `saved_model`: a TF SavedModel written by `keras.export.ExportArchive`
   with a `serve` endpoint (tensor in, tensor out: what
   `keras.layers.TFSMLayer` calls) and a `serving_default` signature (named
@@ -63,31 +65,50 @@ def _image_shape(model):
     return shape
 
 
-def export_keras(model, directory, metadata=None):
-    """Writes `model` as a keras-hub-style preset folder into `directory`.
+KERAS_FILE = "model.keras"
+
+
+def export_keras(model, directory):
+    """Writes `model` as `directory/model.keras` (atomically, after a
+    free-space check: `keras_coordatt.utils.model_files.save_model`).
 
     Args:
         model: a Keras model.
-        directory: an existing, empty directory.
-        metadata: optional dict written to `metadata.json`.
+        directory: an existing directory.
 
     Returns:
-        The list of files written.
+        `{"model.keras": {"sha256": ..., "bytes": ...}}`, for the
+        metadata's `files`: a copy whose hash differs is not this export.
     """
-    from keras_coordatt.export.preset import save_preset
+    from keras_coordatt.utils.model_files import save_model
 
-    return save_preset(model, directory, metadata=metadata)
+    path = os.path.join(os.fspath(directory), KERAS_FILE)
+    save_model(model, path)
+    return {KERAS_FILE: {"sha256": sha256(path),
+                         "bytes": os.path.getsize(path)}}
 
 
-def export_keras_hub(model, directory, model_name, alpha):
+def sha256(path):
+    """The hex SHA-256 of a file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_keras_hub(model, directory, model_name, alpha, **hub_kwargs):
     """Writes the keras-hub twin of an application model (see
-    `keras_coordatt.hub.from_application.hub_model`) into `directory` with
-    keras-hub's `save_to_preset`; returns keras-hub's metadata.json."""
+    `keras_coordatt.hub.from_application.hub_model`, which takes
+    `hub_kwargs`: `reduction`, `attention`) into `directory` with keras-hub's
+    `save_to_preset`; returns keras-hub's metadata.json."""
     import json
 
     from keras_coordatt.hub.from_application import hub_model
 
-    hub_model(model, model_name, alpha=alpha).save_to_preset(
+    hub_model(model, model_name, alpha=alpha, **hub_kwargs).save_to_preset(
         os.fspath(directory))
     with open(os.path.join(directory, "metadata.json"),
               encoding="utf-8") as f:
@@ -365,10 +386,12 @@ def predict_onnx(path, images):
     return session.run(None, {name: np.asarray(images, "float32")})[0]
 
 
-def predict_preset(directory, images):
-    """Loads a preset folder and runs the rebuilt Keras model."""
-    from keras_coordatt.export.preset import load_preset
+def predict_keras(directory, images):
+    """Loads `directory/model.keras` with `keras.saving.load_model` in safe
+    mode (no Python code from the file runs) and runs it."""
+    from keras_coordatt.utils.model_files import load_model
 
-    model = load_preset(directory)
+    model = load_model(os.path.join(os.fspath(directory), KERAS_FILE),
+                       safe_mode=True)
     return np.asarray(model.predict(np.asarray(images, "float32"),
                                     verbose=0))

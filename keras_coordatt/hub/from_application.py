@@ -3,7 +3,9 @@
 `keras-coordatt export --format keras-hub` writes what this returns with
 keras-hub's own `save_to_preset`, so the folder loads with
 `keras_hub.models.ImageClassifier.from_preset` / `Backbone.from_preset` and
-uploads with `keras_hub.upload_preset`.
+uploads with `keras_hub.upload_preset`. keras-hub's `from_preset` also reads
+such presets from `kaggle://` and `hf://` handles; keras-hub presets are the
+package's only preset format.
 """
 
 import keras
@@ -49,6 +51,53 @@ def hub_model(model, model_name, *, alpha, reduction=None, attention="ca"):
         pairs.append((result.output_dense, "predictions"))
     copy_weights_by_name(model, pairs)
     return result
+
+
+def find_application(model, run_config=None, path=None):
+    """The registered application a loaded model was built from.
+
+    From the training run's config (`model`, `alpha`, `reduction`,
+    `attention`) when there is one, else from the model's name as the
+    application constructors set it (`{application}_{alpha}_{size}`);
+    `hub_model` then checks every layer against it.
+
+    Returns:
+        `(model_name, alpha, hub_kwargs)`.
+
+    Raises:
+        ValueError: neither names a registered application, or the run
+            trained a transfer head or another task (not one application).
+    """
+    from keras_coordatt.applications.registry import application_names
+
+    names = application_names()
+    config = run_config or {}
+    if config.get("model") in names:
+        if config.get("transfer") or config.get("task", "classification") \
+                != "classification":
+            raise _not_registered(path, model, "its run trained a transfer "
+                                  "head or another task")
+        return config["model"], float(config.get("alpha", 1.0)), {
+            key: config[key] for key in ("reduction", "attention")
+            if key in config}
+    for name in names:
+        rest = model.name[len(name) + 1:] if model.name.startswith(
+            name + "_") else ""
+        try:
+            return name, float(rest.split("_")[0]), {}
+        except ValueError:
+            continue
+    raise _not_registered(path, model, "it is none of them")
+
+
+def _not_registered(path, model, reason):
+    from keras_coordatt.applications.registry import application_names
+
+    return ValueError(
+        "keras-hub presets need a registered application "
+        f"({', '.join(application_names())}): the model {model.name!r} of "
+        f"{path} is not one ({reason}). Export it as keras, saved_model, "
+        "litert or onnx. Received: format='keras-hub'")
 
 
 def _activation_name(activation):
