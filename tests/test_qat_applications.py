@@ -9,7 +9,6 @@ left outside the delegate that the plain network does not leave there.
 """
 
 import os
-import re
 import sys
 
 import keras
@@ -18,6 +17,8 @@ import pytest
 
 import keras_coordatt as kc
 from keras_coordatt import quantization as q
+from keras_coordatt.applications.keras_families import (
+    build_keras_application, get_keras_family, keras_family_names)
 from keras_coordatt.insertion import IdentityInitAttention
 from keras_coordatt.quantization.layers import QuantIdentityInitAttention
 
@@ -30,40 +31,11 @@ SIZE = 64
 apps = keras.applications
 
 
-def _after_name(pattern):
-    """`add_attention`'s `after` for a network: layers named by `pattern`."""
-    return lambda model: (
-        lambda layer: re.fullmatch(pattern, layer.name) is not None)
-
-
-def _mobilenet_v3_after(model):
-    """The activations after each depthwise convolution's BatchNorm (the
-    network names them by order only)."""
-    names = set()
-    for layer in model.layers:
-        if layer.name.endswith("depthwise_bn"):
-            for other in model.layers:
-                if other.input is layer.output and isinstance(
-                        other, (keras.layers.ReLU, keras.layers.Activation)):
-                    names.add(other.name)
-    return sorted(names)
-
-
-# name -> (constructor, its arguments, where CA goes, preprocessing of
-# [0, 255] RGB images)
-NETWORKS = {
-    "MobileNetV2": (apps.MobileNetV2, {"alpha": 0.35},
-                    _after_name(r".*depthwise_relu"),
-                    apps.mobilenet_v2.preprocess_input),
-    "MobileNetV3Small": (apps.MobileNetV3Small, {"alpha": 0.75},
-                         _mobilenet_v3_after, None),
-    "MobileNetV3Large": (apps.MobileNetV3Large, {"alpha": 0.75},
-                         _mobilenet_v3_after, None),
-    "EfficientNetB0": (apps.EfficientNetB0, {},
-                       _after_name(r"block\d+[a-z]_activation"), None),
-    "ResNet50": (apps.ResNet50, {}, _after_name(r"conv\d_block\d+_out"),
-                 apps.resnet50.preprocess_input),
-}
+# Widths of the networks that have one (small, to keep the test quick); the
+# networks, where CA goes and their preprocessing are the registry's
+# (`keras_coordatt.applications.keras_families`).
+ALPHAS = {"MobileNetV2": 0.35, "MobileNetV3Small": 0.75,
+          "MobileNetV3Large": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +66,16 @@ def _int8(model, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("name", sorted(keras_family_names()))
 def test_inserted_attention_to_all_int8(name, digits):
-    constructor, kwargs, after, preprocess = NETWORKS[name]
+    family = get_keras_family(name)
     keras.utils.set_random_seed(0)
-    base = constructor(weights=None, input_shape=(SIZE, SIZE, 3),
-                       classes=10, **kwargs)
+    base = build_keras_application(
+        name, attention=None, input_shape=(SIZE, SIZE, 3), classes=10,
+        alpha=ALPHAS.get(name))
     images, labels = digits
-    x = preprocess(images.copy()) if preprocess else images
-    model = kc.add_attention(base, after=after(base))
+    x = family.preprocess(images)
+    model = kc.add_attention(base, after=family.after(base))
     blocks = [l for l in model.layers if isinstance(l, IdentityInitAttention)]
     assert len(blocks) >= 3, name
     # Identity start: the float model computes what the base computes.
@@ -152,8 +125,8 @@ def test_identity_start_twin_matches_float(digits):
     keras.utils.set_random_seed(0)
     base = apps.MobileNetV2(weights=None, alpha=0.35, classes=10,
                             input_shape=(SIZE, SIZE, 3))
-    model = kc.add_attention(base,
-                             after=_after_name(r".*depthwise_relu")(base))
+    model = kc.add_attention(
+        base, after=get_keras_family("MobileNetV2").after(base))
     for layer in model.layers:
         if isinstance(layer, IdentityInitAttention):
             layer.scale.assign(0.3)

@@ -41,7 +41,7 @@ def _parser():
         description="Quantization-aware fine-tuning and int8 TFLite export, "
         "on keras-coordatt train's data and training.",
     )
-    add_config_arguments(p, model_files=True)
+    add_config_arguments(p)
     p.set_defaults(task="classification")
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--qat-learning-rate-factor", type=float, default=0.1,
@@ -67,15 +67,13 @@ def _parser():
 
 
 def _configs(args):
-    """The run's `TrainConfig`, the float `.keras` file given as `--model`
-    (else None) and the float epochs."""
+    """The run's `TrainConfig` (its model a registered network, a
+    `keras:NAME` or a `.keras` file, as `keras-coordatt train` takes) and
+    the float epochs."""
     from keras_coordatt.training.cli import resolve_config
 
-    model_file = None
-    if args.model and args.model.endswith(".keras"):
-        model_file, args.model = args.model, None
     epochs, args.epochs = args.epochs or 0, None
-    return resolve_config(args), model_file, epochs
+    return resolve_config(args), epochs
 
 
 def _qat_config(config, args):
@@ -91,25 +89,20 @@ def _qat_config(config, args):
     )
 
 
-def _float_model(config, model_file, epochs, source, verbose, runs):
-    """The float model: `--model FILE.keras` or the registered network,
+def _float_model(config, epochs, source, verbose, runs):
+    """The float model `config.model` builds (a `.keras` file: loaded),
     trained first by `train()` when `--epochs` is given."""
     from keras_coordatt.training.fit import train
     from keras_coordatt.training.models import build_model
-    from keras_coordatt.utils.model_files import load_model
 
-    model = None
-    if model_file:
-        model = load_model(model_file)
     if epochs:
         return train(config.replace(epochs=epochs), source=source,
-                     model=model, verbose=verbose, **runs).model
-    if model is None:
-        model, _ = build_model(
-            config.model, source.num_classes, image_size=config.image_size,
-            alpha=config.alpha, weights=config.weights,
-            reduction=config.reduction, attention=config.attention,
-        )
+                     verbose=verbose, **runs).model
+    model, _ = build_model(
+        config.model, source.num_classes, image_size=config.image_size,
+        alpha=config.alpha, weights=config.weights,
+        reduction=config.reduction, attention=config.attention,
+    )
     return model
 
 
@@ -120,12 +113,11 @@ def run(args):
     from keras_coordatt.training.fit import load_config_source
     from keras_coordatt.training.fit import train
 
-    config, model_file, epochs = _configs(args)
+    config, epochs = _configs(args)
     source = load_config_source(config)
     # What to do with the folders of earlier (killed or finished) runs.
     runs = dict(resume=args.resume, overwrite=args.overwrite)
-    model = _float_model(config, model_file, epochs, source, args.verbose,
-                         runs)
+    model = _float_model(config, epochs, source, args.verbose, runs)
     train_data, val_data = input_pipelines(
         config, source, config.per_replica_batch_size)
 

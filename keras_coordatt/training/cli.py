@@ -3,6 +3,9 @@
     keras-coordatt train                                  # digits demo
     keras-coordatt train --model mobilenetv2_ca --alpha 0.35 \\
         --dataset digits --epochs 3
+    keras-coordatt train --model keras:MobileNetV3Small --attention ca \\
+        --dataset tfds:tf_flowers                         # keras.applications
+    keras-coordatt train --model runs/X/model.keras --dataset npz:more.npz
     keras-coordatt train --config paper_imagenet --data-dir ~/tfds \\
         --strategy auto --resume
     keras-coordatt train --config transfer --dataset tfds:tf_flowers \\
@@ -23,10 +26,14 @@ import argparse
 import json
 import sys
 
-from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
 from keras_coordatt.training.fit import TrainingError
 from keras_coordatt.training.fit import train
+from keras_coordatt.training.models import accepted_models
+from keras_coordatt.training.models import check_model
+from keras_coordatt.training.models import file_signature
+from keras_coordatt.training.models import is_model_file
+from keras_coordatt.training.models import keras_family
 from keras_coordatt.training.recipes import PRECISIONS
 from keras_coordatt.training.recipes import RECIPES
 from keras_coordatt.training.recipes import STRATEGY_NAMES
@@ -62,7 +69,8 @@ _FLAG_FIELDS = {
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-coordatt train",
-        description="Train or fine-tune MobileNetV2-CA / MobileNeXt-CA with "
+        description="Train or fine-tune MobileNetV2-CA / MobileNeXt-CA, a "
+        "keras.applications network with attention or a .keras file with "
         "model.fit: strategy, input pipeline, recipe, mixed precision, "
         "backups, checkpoints and logs.",
     )
@@ -95,10 +103,9 @@ def add_overwrite_argument(parser):
     )
 
 
-def add_config_arguments(parser, model_files=False):
+def add_config_arguments(parser):
     """The flags that make a `TrainConfig` (see `resolve_config`), shared by
-    `train` and `quantize`; `model_files`: `--model` may name a `.keras`
-    file."""
+    `train` and `quantize`."""
     parser.add_argument(
         "--config", default=None,
         help=f"recipe ({', '.join(RECIPES)}) or JSON config file; default: "
@@ -111,9 +118,9 @@ def add_config_arguments(parser, model_files=False):
         "warmup_epochs=0 --set random_crop_scale=[0.5,1]",
     )
     parser.add_argument(
-        "--model", choices=None if model_files else application_names(),
-        help=", ".join(application_names())
-        + (" or a .keras file" if model_files else ""),
+        "--model", type=_model_argument, metavar="MODEL",
+        help=f"{accepted_models()} (fine-tuned as it is: no --alpha, "
+        "--attention or --weights; --image-size is the file's)",
     )
     parser.add_argument("--alpha", type=float, help="width multiplier")
     parser.add_argument("--attention", choices=attention_names() + ("none",),
@@ -168,7 +175,55 @@ def resolve_config(args):
         overrides["deterministic"] = True
     if args.attention is not None:
         overrides["attention"] = args.attention != "none" and args.attention
-    return get_config(name, overrides)
+    return _check_model_flags(get_config(name, overrides), overrides)
+
+
+# What a `.keras` file fixes (the first three shape its variables, the
+# file holds its weights): flags for them are refused, not ignored.
+_FILE_FIXES = ("alpha", "attention", "reduction", "weights")
+
+
+def _model_argument(value):
+    try:
+        check_model(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _flag(field):
+    """The flag that sets config `field` (`--set field=` for the others)."""
+    for flag, name in {**_FLAG_FIELDS, "attention": "attention"}.items():
+        if name == field:
+            return "--" + flag.replace("_", "-")
+    return f"--set {field}"
+
+
+def _check_model_flags(config, overrides):
+    """`config`, after refusing flags (`overrides`) that do not apply to
+    its model; a `.keras` file's image size becomes the run's."""
+    model = config.model
+    family = keras_family(model)
+    if family is not None and not family.alpha and "alpha" in overrides:
+        raise ValueError(
+            f"{family.name} has no width multiplier: leave out "
+            f"{_flag('alpha')}. Received: alpha={overrides['alpha']!r}")
+    if not is_model_file(model):
+        return config
+    for field in _FILE_FIXES:
+        if field in overrides:
+            raise ValueError(
+                f"{_flag(field)} does not apply to a .keras file: the file "
+                f"fixes its network and weights. Received: {field}="
+                f"{overrides[field]!r} with model={model!r}")
+    size, _ = file_signature(model)
+    given = overrides.get("image_size")
+    if size is not None and given not in (None, size):
+        raise ValueError(
+            f"{_flag('image_size')} disagrees with the model file {model}, "
+            f"which takes {size}x{size} images. Received: image_size="
+            f"{given}; pass {size} or leave it out")
+    return config if size is None else config.replace(image_size=size)
 
 
 def main(argv=None):

@@ -54,6 +54,7 @@ from keras_coordatt.training.data.common import first_unreadable
 from keras_coordatt.training.distribution import DistributionStrategy
 from keras_coordatt.training.distribution import as_strategy
 from keras_coordatt.training.distribution import run_scope
+from keras_coordatt.training.models import model_slug
 from keras_coordatt.training.models import preprocess_for
 from keras_coordatt.training.optimizers import build_optimizer
 from keras_coordatt.training.precision import resolve_jit_compile
@@ -165,7 +166,7 @@ def default_output_dir(config):
     name = os.path.basename(os.path.normpath(arg)) if kind in (
         "folder", "npz") else arg or kind
     slug = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-") or "data"
-    return os.path.join("runs", f"{config.model}-{slug}")
+    return os.path.join("runs", f"{model_slug(config.model)}-{slug}")
 
 
 def plan_phases(config, steps_per_epoch, global_batch_size):

@@ -25,8 +25,8 @@ import re
 import typing
 from typing import Optional, Tuple, Union
 
-from keras_coordatt.applications.registry import application_names
 from keras_coordatt.layers.registry import attention_names
+from keras_coordatt.training.models import check_model
 from keras_coordatt.training.tasks import dataset_forms
 from keras_coordatt.training.tasks import get_task
 from keras_coordatt.training.tasks import task_names
@@ -57,8 +57,13 @@ class TrainConfig:
             `keras_coordatt.training.detection`).
 
     Model:
-        model: `"mobilenetv2_ca"` or `"mobilenext_ca"`.
-        alpha: width multiplier.
+        model: a registered application (`"mobilenetv2_ca"`); for
+            classification also `"keras:NAME"`, a keras.applications
+            network with attention inserted (`"keras:MobileNetV3Small"`,
+            `applications.keras_families`), or a `.keras` file fine-tuned
+            as it is (the architecture fields do not apply to it).
+        alpha: width multiplier (of a keras.applications network that
+            has one; the others ignore it).
         reduction: reduction ratio of the attention blocks; None takes the
             kind's default (32 for CA, 24 for SE and CBAM).
         attention: the attention blocks: `"ca"` (or True), `"se"`,
@@ -218,7 +223,7 @@ class TrainConfig:
 
     def _check(self):
         _choice("task", self.task, task_names())
-        _choice("model", self.model, application_names())
+        check_model(self.model, self.task)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
