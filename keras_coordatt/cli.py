@@ -8,7 +8,8 @@ import importlib
 import sys
 
 from keras_coordatt.quiet import quiet_imports
-from keras_coordatt.quiet import verbose_requested
+from keras_coordatt.quiet import LOGS_FLAG
+from keras_coordatt.quiet import logs_requested
 from keras_coordatt.utils.extras import MissingExtraError
 
 COMMANDS = {
@@ -21,8 +22,9 @@ COMMANDS = {
 
 
 def _usage():
-    lines = ["usage: keras-coordatt [--verbose] COMMAND [ARGS]", "",
-             "--verbose shows TensorFlow's own logs and warnings.", "",
+    lines = [f"usage: keras-coordatt [{LOGS_FLAG}] COMMAND [ARGS]", "",
+             f"{LOGS_FLAG} shows TensorFlow's own logs and warnings (the "
+             "commands' --verbose sets their progress output).", "",
              "commands:"]
     lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
     lines.append("\n`keras-coordatt COMMAND --help` describes each command.")
@@ -31,9 +33,15 @@ def _usage():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    verbose = verbose_requested(argv)
-    if argv and argv[0] == "--verbose":
+    verbose = logs_requested(argv)
+    if argv and argv[0] == LOGS_FLAG:
         argv = argv[1:]
+    if argv and argv[0] == "--verbose":  # Its meaning before the commands.
+        print(f"keras-coordatt: --verbose goes after the command (progress "
+              f"output); {LOGS_FLAG} shows TensorFlow's logs. Received: "
+              f"keras-coordatt --verbose {' '.join(argv[1:2])}",
+              file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -1,6 +1,7 @@
 """Quiet command lines: TensorFlow's C++ start-up logs and known harmless
 warnings are hidden unless the user asks for them (`keras-coordatt
---verbose ...` or `KERAS_COORDATT_VERBOSE=1`).
+--logs ...` or `KERAS_COORDATT_LOGS=1`). (`--verbose` is the subcommands'
+progress flag, as Keras' `fit(verbose=...)`: one meaning.)
 
 TensorFlow and XLA write their start-up lines (`I0000 ... cudart_stub.cc`,
 `oneDNN custom operations are on`) from C++ straight to file descriptor 2,
@@ -24,17 +25,20 @@ HARMLESS_WARNINGS = (
 _QUIET = {"on": False}  # set once the command line asked for quiet
 
 
+LOGS_FLAG = "--logs"
+
+
 def running_command_line():
-    """Whether this process is the `keras-coordatt` command, not verbose."""
+    """Whether this process is the `keras-coordatt` command, logs hidden."""
     argv = sys.argv or [""]
     return os.path.basename(argv[0]) == "keras-coordatt" and not \
-        verbose_requested(argv[1:])
+        logs_requested(argv[1:])
 
 
-def verbose_requested(argv):
-    """Whether `--verbose` leads `argv` or KERAS_COORDATT_VERBOSE is set."""
-    return bool(argv and argv[0] == "--verbose") or os.environ.get(
-        "KERAS_COORDATT_VERBOSE", "") not in ("", "0")
+def logs_requested(argv):
+    """Whether `--logs` leads `argv` or KERAS_COORDATT_LOGS is set."""
+    return bool(argv and argv[0] == LOGS_FLAG) or os.environ.get(
+        "KERAS_COORDATT_LOGS", "") not in ("", "0")
 
 
 @contextlib.contextmanager

@@ -36,3 +36,24 @@ def test_train_without_the_hub_extra(task, module, tmp_path, monkeypatch,
     assert f"needs {module}, which is not installed" in err[0]
     assert 'pip install "keras-coordatt[hub]"' in err[0]
     assert not out.exists()
+
+
+def test_one_meaning_for_verbose(capsys):
+    # Before the command, --verbose once meant "TensorFlow's logs"; that is
+    # --logs now, and --verbose only sets a command's progress output.
+    assert cli.main(["--verbose", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "--verbose goes after the command" in err and "--logs" in err
+    assert cli.main(["--logs", "--help"]) == 0
+    assert "--logs shows TensorFlow's own logs" in capsys.readouterr().out
+
+
+def test_train_help_shows_the_folder_layouts(capsys):
+    from keras_coordatt.training import cli as train_cli
+
+    with pytest.raises(SystemExit):
+        train_cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "PATH/CLASS/IMAGE" in out
+    assert "PATH/images/STEM.jpg with PATH/masks/STEM.png" in out
+    assert "x_train (N, H, W[, 1 or 3])" in out

@@ -20,8 +20,11 @@ sizes, the Keras-vs-TFLite agreement of the QAT model and the int8 op check.
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -61,8 +64,10 @@ def _parser():
         help="continue the interrupted training runs (float with --epochs, "
         "then QAT in OUTPUT_DIR-qat) from their backups")
     add_overwrite_argument(p)
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
-                   help="fit's verbosity: 0 silent, 1 bars, 2 a line/epoch")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 silent, 1 progress bars, 2 a line per epoch "
+                   "(as `train`); 1 and 2 also name each stage and its "
+                   "time (QAT, conversions, evaluation)")
     return p
 
 
@@ -125,20 +130,39 @@ def run(args):
         return q.quantize_model(model, calibration_data=train_data,
                                 calibration_steps=4)
 
+    stage = functools.partial(_stage, verbose=args.verbose)
     if args.qat_epochs:
-        qat = train(_qat_config(config, args), source=source, model=twin,
-                    verbose=args.verbose, **runs).model
+        with stage(f"QAT fine-tuning, {args.qat_epochs} epoch(s)"):
+            qat = train(_qat_config(config, args), source=source,
+                        model=twin, verbose=args.verbose, **runs).model
     else:
-        qat = twin()
-    blobs = {
-        "float": q.convert_float(model, path=args.float_output),
-        "ptq_int8": q.convert_ptq(model, train_data,
-                                  num_samples=args.ptq_samples,
-                                  int8_io=args.int8_io, path=args.ptq_output),
-        "qat_int8": q.convert_qat(qat, int8_io=args.int8_io,
-                                  path=args.output),
-    }
-    return _report(blobs, qat, val_data, args.int8_io)
+        with stage("QAT model (no fine-tuning: --qat-epochs 0)"):
+            qat = twin()
+    blobs = {}
+    with stage("Converting the float model to LiteRT"):
+        blobs["float"] = q.convert_float(model, path=args.float_output)
+    with stage(f"Post-training int8 (calibrating on {args.ptq_samples} "
+               "images)"):
+        blobs["ptq_int8"] = q.convert_ptq(
+            model, train_data, num_samples=args.ptq_samples,
+            int8_io=args.int8_io, path=args.ptq_output)
+    with stage("Converting the QAT model to int8 LiteRT"):
+        blobs["qat_int8"] = q.convert_qat(qat, int8_io=args.int8_io,
+                                          path=args.output)
+    with stage("Evaluating the three files on the validation images"):
+        return _report(blobs, qat, val_data, args.int8_io)
+
+
+@contextlib.contextmanager
+def _stage(what, verbose):
+    """Says what runs and, after it, how long it took (verbose > 0): the
+    conversions and evaluation print nothing of their own for minutes."""
+    if verbose:
+        print(f"{what} ...", flush=True)
+    started = time.monotonic()
+    yield
+    if verbose:
+        print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
 
 
 def _report(blobs, qat, val_data, int8_io):

@@ -66,6 +66,19 @@ _FLAG_FIELDS = {
 }
 
 
+FOLDER_LAYOUTS = """\
+folder:PATH layouts (images: .jpg .jpeg .png .bmp .gif):
+  classification  PATH/CLASS/IMAGE (10 % held out, seeded), or
+                  PATH/train/CLASS/IMAGE with PATH/val/CLASS/IMAGE
+                  (or validation/, test/)
+  segmentation    PATH/images/STEM.jpg with PATH/masks/STEM.png: one class
+                  id per pixel (palette or grayscale PNG, 16-bit kept),
+                  255 ignored; optional PATH/classes.txt, one name a line
+npz:PATH          x_train (N, H, W[, 1 or 3]) in [0, 255], y_train (N,)
+                  integer labels[, x_val, y_val]
+"""
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-coordatt train",
@@ -73,6 +86,8 @@ def build_parser():
         "keras.applications network with attention or a .keras file with "
         "model.fit: strategy, input pipeline, recipe, mixed precision, "
         "backups, checkpoints and logs.",
+        epilog=FOLDER_LAYOUTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--task", choices=task_names(),
