@@ -508,3 +508,30 @@ def test_a_killed_quantize_resumes_with_the_flag_its_message_names(
     assert os.path.getsize(output) > 0
     results = json.loads((tmp_path / "run-qat" / "results.json").read_text())
     assert results["optimizer_iterations"] == 2 * 4  # 128 / 32 per epoch
+
+
+def test_temporaries_of_ended_processes_go_at_once(tmp_path):
+    """A killed process's temporary (its host and pid in the name) goes at
+    the next clean-up whatever its age; a live process's stays until old."""
+    import socket
+    import subprocess
+    import sys
+
+    from keras_coordatt.utils import atomic
+
+    with atomic.atomic_file(tmp_path / "mine.json") as tmp:
+        own = os.path.basename(tmp)
+        assert f".{os.getpid()}-" in own  # the owner is in the name
+    ended = subprocess.run([sys.executable, "-c", "import os; "
+                            "print(os.getpid())"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+    dead = tmp_path / f".out.tmp-{host}.{ended}-abc"
+    alive = tmp_path / f".out.tmp-{host}.{os.getpid()}-def"
+    other_host = tmp_path / f".out.tmp-elsewhere.{ended}-ghi"
+    for folder in (dead, alive, other_host):
+        folder.mkdir()
+    removed = atomic.remove_stale(str(tmp_path), (".out.tmp-",),
+                                  max_age=3600)
+    assert removed == [dead.name]
+    assert alive.exists() and other_host.exists()

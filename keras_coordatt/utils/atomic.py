@@ -11,7 +11,9 @@ power cut cannot leave the new name pointing at data never written.
 import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 
@@ -90,7 +92,8 @@ def atomic_file(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=TMP_PREFIX, suffix=os.path.basename(path)
+        dir=directory, prefix=TMP_PREFIX + _owner(),
+        suffix=os.path.basename(path)
     )
     os.close(fd)
     try:
@@ -164,7 +167,7 @@ def atomic_directory(target, overwrite=False):
         path = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(
-        dir=parent, prefix=f".{os.path.basename(target)}.tmp-"
+        dir=parent, prefix=f".{os.path.basename(target)}.tmp-{_owner()}"
     )
     try:
         yield tmp
@@ -205,13 +208,38 @@ def _last_modified(path):
     return newest
 
 
+def _owner():
+    """`HOST.PID-`, written into temporary names so that a later process
+    can tell one of a killed process (on this host) from a live one's."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+    return f"{host}.{os.getpid()}-"
+
+
+def _owner_dead(name):
+    """True when `name` carries `HOST.PID-` of this host and that process
+    is gone; False when alive, elsewhere or unknown."""
+    match = re.search(r"tmp-([A-Za-z0-9_]+)\.(\d+)-", name)
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+    if not match or match.group(1) != host:
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # alive but not ours, or no such pid
+        return False
+    return False
+
+
 def remove_stale(directory, prefixes=(TMP_PREFIX,), max_age=3600.0):
     """Removes temporaries that killed processes left in `directory`.
 
-    Only entries whose name starts with one of `prefixes` and that nothing
-    has written to for `max_age` seconds go: a younger one may belong to a
-    process still writing it (another Python session downloading, say), and
-    removing it would make that process fail.
+    Only entries whose name starts with one of `prefixes` go, and only
+    those of a process of this host that has ended (their names carry its
+    host and pid) or, when that cannot be told, those nothing has written
+    to for `max_age` seconds: a younger one may belong to a process still
+    writing it (another Python session downloading, say), and removing it
+    would make that process fail.
 
     Args:
         directory: the folder to clean (not recursive).
@@ -228,7 +256,7 @@ def remove_stale(directory, prefixes=(TMP_PREFIX,), max_age=3600.0):
         if not name.startswith(tuple(prefixes)):
             continue
         with contextlib.suppress(OSError):  # gone already, or not ours
-            if _last_modified(path) < cutoff:
+            if _owner_dead(name) or _last_modified(path) < cutoff:
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path)
                 else:
