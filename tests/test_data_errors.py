@@ -99,3 +99,48 @@ def test_offline_tfds_fails_fast_with_the_way_out(tmp_path, capsys):
     assert "cannot reach storage.googleapis.com" in err[0]
     assert "--data-dir" in err[0] and "--manual-dir" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def _huge_png(path, side=20000):
+    """A small PNG whose header declares `side` x `side` pixels (the IHDR
+    chunk rewritten, its CRC fixed): what a decoder would allocate for."""
+    import struct
+    import zlib
+
+    _png(path, size=8)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4:start + 12] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[start:start + 17])) & 0xFFFFFFFF
+    data[start + 17:start + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    from keras_coordatt.training.data import classification
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            _png(data / label / f"{i}.png", seed=i)
+    huge = data / "b" / "huge.png"
+    _huge_png(huge)
+    with pytest.raises(ValueError, match=(
+            rf"Received: {huge} with more than 178,956,970 pixels; accepted: "
+            r"up to 89,478,485 \(keras_coordatt\.training\.data\.common\."
+            r"MAX_IMAGE_PIXELS")):
+        classification.from_folder(str(data))
+    # Under Pillow's bomb threshold, the declared count itself is named.
+    _huge_png(huge, side=10000)
+    with pytest.raises(ValueError, match=r"huge\.png with 100,000,000 pixels"):
+        classification.from_folder(str(data))
+    (tmp_path / "seg" / "images").mkdir(parents=True)
+    (tmp_path / "seg" / "masks").mkdir()
+    for i in range(2):
+        _png(tmp_path / "seg" / "images" / f"s{i}.png", seed=i)
+        Image.fromarray(np.zeros((8, 8), "uint8")).save(
+            tmp_path / "seg" / "masks" / f"s{i}.png")
+    _huge_png(tmp_path / "seg" / "images" / "s1.png")
+    with pytest.raises(ValueError, match=r"s1\.png with more than"):
+        sd.from_folder(str(tmp_path / "seg"))

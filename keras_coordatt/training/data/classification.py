@@ -38,6 +38,7 @@ from keras_coordatt.datasets import mnist_images
 from keras_coordatt.datasets import stratified_split
 from keras_coordatt.training.data.common import IMAGE_EXTENSIONS
 from keras_coordatt.training.data.common import as_images
+from keras_coordatt.training.data.common import check_image_sizes
 from keras_coordatt.training.data.common import crop_window
 from keras_coordatt.training.data.common import num_examples
 from keras_coordatt.training.data.common import shard
@@ -543,7 +544,7 @@ def _from_split_folder(path):
         ),
         make_val=lambda: read(val_split),
         class_names=list(label.names),
-        files=_image_files(path),
+        files=_checked(_image_files(path)),
     )
 
 
@@ -580,8 +581,14 @@ def _from_class_folder(path, load_size, validation_fraction, seed):
         make_train=make_train,
         make_val=lambda: val.map(lambda x, y: (x, tf.cast(y, tf.int32))),
         class_names=class_names,
-        files=list(train.file_paths) + list(val.file_paths),
+        files=_checked(list(train.file_paths) + list(val.file_paths)),
     )
+
+
+def _checked(files):
+    """`files`, once their declared sizes are within the pixel limit."""
+    check_image_sizes(files)
+    return files
 
 
 def _image_files(path):

@@ -115,3 +115,51 @@ def first_unreadable(files):
             return os.fsdecode(path), (lines[0] if lines
                                        else type(error).__name__)
     return None
+
+
+# Decoded images stop here, as Pillow's `Image.MAX_IMAGE_PIXELS` (the same
+# value): a 388 KB PNG of 20000 x 20000 pixels decodes to 1.2 GB (and more
+# while resized). Raise it (or set None) for larger images on purpose.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def check_image_sizes(files, limit=None):
+    """Raises naming the first of `files` whose header declares more than
+    `limit` pixels (default `MAX_IMAGE_PIXELS`; None: no limit).
+
+    Only the headers are read (Pillow opens lazily), with a few threads, so
+    a folder is checked before anything is decoded. Files Pillow cannot
+    open are left to the decoder (and `first_unreadable`)."""
+    limit = MAX_IMAGE_PIXELS if limit is None else limit
+    if limit is None or not files:
+        return
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow is in the datasets extra; no check then.
+        return
+    import concurrent.futures
+
+    def pixels(path):
+        """The declared pixel count, as text; "" if within the limit or not
+        an image Pillow opens."""
+        try:
+            with Image.open(path) as image:
+                count = image.size[0] * image.size[1]
+        except Image.DecompressionBombError:
+            # Pillow's own refusal, at twice its limit (its size is not
+            # given back): above ours unless ours was raised beyond it.
+            bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            return f"more than {bound:,}" if bound > limit else ""
+        except Exception:  # noqa: BLE001 - the decoder's to judge
+            return ""
+        return f"{count:,}" if count > limit else ""
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for path, count in zip(files, pool.map(pixels, files)):
+            if count:
+                raise ValueError(
+                    f"An image is larger than the decoder is allowed to "
+                    f"allocate. Received: {os.fsdecode(path)} with "
+                    f"{count} pixels; accepted: up to {limit:,} (keras_"
+                    "coordatt.training.data.common.MAX_IMAGE_PIXELS, which "
+                    "you may raise)")

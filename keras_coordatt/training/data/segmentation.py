@@ -50,6 +50,7 @@ from keras_coordatt.datasets import digits_scenes
 from keras_coordatt.training.data import classification as data_lib
 from keras_coordatt.training.data.common import IMAGE_EXTENSIONS
 from keras_coordatt.training.data.common import as_images
+from keras_coordatt.training.data.common import check_image_sizes
 from keras_coordatt.training.data.common import crop_window
 from keras_coordatt.training.data.common import num_examples
 from keras_coordatt.training.data.common import shard
@@ -327,8 +328,13 @@ def from_folder(path, validation_fraction=0.1, seed=0, *, num_classes=None,
         make_train=make_train, make_val=lambda: read(val),
         class_names=class_names,
         ignore_index=ignore_index if found_ignore else None,
-        files=[image for image, _ in pairs],
+        files=_images_checked([image for image, _ in pairs]),
     )
+
+
+def _images_checked(files):
+    check_image_sizes(files)
+    return files
 
 
 def read_mask(path):
@@ -350,7 +356,8 @@ def read_mask(path):
     path = os.fsdecode(path)
     try:
         return _mask_ids(Image, path)
-    except (OSError, SyntaxError) as error:  # Pillow's decoding errors.
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        # Pillow's decoding errors, and its own pixel limit.
         raise ValueError(
             f"Could not read a segmentation mask. Received: {path} "
             f"({type(error).__name__}: {error})") from error
