@@ -28,6 +28,15 @@ def _jpeg_bytes(size=32):
     return buffer.getvalue()
 
 
+def _class_folder(data):
+    """`data/{a,b}/I.png`: 6 noise images per class; returns `data`."""
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            _png(data / label / f"{i}.png", seed=i)
+    return data
+
+
 def test_first_unreadable_names_file_and_reason(tmp_path):
     good = tmp_path / "good.png"
     _png(good)
@@ -60,11 +69,7 @@ def test_unreadable_mask_names_the_file(tmp_path):
 
 
 def test_train_names_the_image_that_breaks_fit(tmp_path, capsys):
-    data = tmp_path / "data"
-    for label in ("a", "b"):
-        (data / label).mkdir(parents=True)
-        for i in range(6):
-            _png(data / label / f"{i}.png", seed=i)
+    data = _class_folder(tmp_path / "data")
     broken = data / "a" / "broken.jpg"
     broken.write_text("not an image")
     out = tmp_path / "run"
@@ -119,11 +124,7 @@ def _huge_png(path, side=20000):
 def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
     from keras_coordatt.training.data import classification
 
-    data = tmp_path / "data"
-    for label in ("a", "b"):
-        (data / label).mkdir(parents=True)
-        for i in range(6):
-            _png(data / label / f"{i}.png", seed=i)
+    data = _class_folder(tmp_path / "data")
     huge = data / "b" / "huge.png"
     _huge_png(huge)
     with pytest.raises(ValueError, match=(
