@@ -517,6 +517,26 @@ def test_convert_family_all_int8(variant, base_op_counts):
     assert np.mean(tfl_out.argmax(1) == keras_out.argmax(1)) >= 0.75
 
 
+@needs_tf
+@pytest.mark.parametrize("kind", ["simple_ca", "ela", "strip"])
+def test_float_family_post_training_int8(kind):
+    """The float layers themselves convert all-int8 with post-training
+    quantization (the attention comparison's path): ELA's one-group norm
+    is written in ops with int8 kernels, not Keras' GroupNormalization
+    (whose NEG and SQUARE stay float)."""
+    from keras_coordatt import quantization as q
+
+    model = _family_model(kind)
+    x = _qat_images()
+    blob = q.convert_ptq(model, x, num_samples=32)
+    report = q.check_int8(blob)
+    assert report["tensor_types"].get("float32", 0) == 2
+    assert not {"NEG", "SQUARE"} & set(report["op_counts"])
+    tfl_out, _ = q.predict_tflite(blob, x)
+    keras_out = model.predict(x, verbose=0)
+    assert np.abs(tfl_out - keras_out).max() < 0.05 * np.ptp(keras_out)
+
+
 def test_quantize_model_rejects_unsupported_family_settings():
     from keras_coordatt import quantization as q
 

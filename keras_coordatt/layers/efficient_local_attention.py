@@ -2,6 +2,7 @@
 `EfficientLocalAttn`)."""
 
 import keras
+from keras import ops
 
 from keras_coordatt.layers import strip_pooling as strips
 from keras_coordatt.layers.common import data_format_or_default
@@ -108,10 +109,31 @@ class EfficientLocalAttention(keras.layers.Layer):
         norm.build(shape)
         return norm
 
+    def _group_norm(self, y, norm):
+        """`norm(y)`, with one group written as MEAN, SUB, MUL, ADD, RSQRT.
+
+        Keras' GroupNormalization lowers to NEG and SQUARE ops that TFLite's
+        post-training int8 conversion leaves in float; these ops (the QAT
+        twin's) all have int8 kernels. The norm's own `gamma` and `beta` are
+        used, so saved models keep their weights. Statistics in float32, as
+        Keras' layer computes them under mixed precision.
+        """
+        if self.norm_groups != 1:
+            return norm(y)
+        dtype = y.dtype
+        y = ops.cast(y, "float32")
+        axes = (1, 2, 3)  # one group: the strip's positions and channels
+        centered = y - ops.mean(y, axis=axes, keepdims=True)
+        variance = ops.mean(centered * centered, axis=axes, keepdims=True)
+        normalized = centered * ops.rsqrt(variance + norm.epsilon)
+        out = (normalized * ops.cast(norm.gamma, "float32")
+               + ops.cast(norm.beta, "float32"))
+        return ops.cast(out, dtype)
+
     def _strip_gate(self, pooled, conv, norm):
         y = conv(pooled)
         if norm is not None:
-            y = norm(y)
+            y = self._group_norm(y, norm)
         gate = strips.apply_gate(self.gate_activation, self.activation(y))
         return strips.in_format(gate, self.data_format)
 
