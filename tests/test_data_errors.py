@@ -145,3 +145,101 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
     _huge_png(tmp_path / "seg" / "images" / "s1.png")
     with pytest.raises(ValueError, match=r"s1\.png with more than"):
         sd.from_folder(str(tmp_path / "seg"))
+
+
+def _zero_png(path, side, rows=100):
+    """A real, valid `side` x `side` RGB PNG of zeros (1.2 MB on disk at 20000,
+    `3 * side**2` bytes once decoded), written without holding the image:
+    one block of `rows` rows is deflated once, ended by a full flush (which
+    resets the compressor, so the block may be repeated), and repeated."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", crc)
+
+    assert side % rows == 0
+    row = b"\0" * (1 + 3 * side)  # filter byte 0, then the pixels
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate
+    block = packer.compress(row * rows) + packer.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(side):
+        checksum = zlib.adler32(row, checksum)
+    stream = (b"\x78\xda" + block * (side // rows) + packer.flush()
+              + struct.pack(">I", checksum))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+
+
+# Runs with the address space capped at what the imports mapped plus
+# LIMIT_MIB: the folder sources must refuse the huge image from its header;
+# the control then shows that decoding it would not fit under the cap.
+_DECODE_UNDER_LIMIT = """
+import resource, sys
+from PIL import Image
+from keras_coordatt.training.data import classification, segmentation
+
+def vm_size():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+limit = vm_size() + int(sys.argv[3]) * (1 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+for name, build in (("classification", classification.from_folder),
+                    ("segmentation", segmentation.from_folder)):
+    folder = sys.argv[1] if name == "classification" else sys.argv[2]
+    try:
+        build(folder)
+        print(name, "ACCEPTED")
+    except ValueError as e:
+        print(name, "REFUSED", str(e).splitlines()[0])
+Image.MAX_IMAGE_PIXELS = None
+try:
+    Image.open(sys.argv[4]).load()
+    print("control DECODED")
+except MemoryError:
+    print("control MEMORYERROR")
+"""
+
+
+def test_decoded_image_memory_is_bounded_under_a_limit(tmp_path):
+    """The issue's case, measured: a 20000 x 20000 PNG of a few hundred KB
+    took 2.5 GB (classification) and 9.2 GB (segmentation). Here a real
+    one of 1.2 MB (1.6 GB decoded by Pillow, 4 bytes a pixel) sits in each
+    kind of folder; with 1 GiB of address space left after the imports,
+    both sources refuse it by name and nothing is decoded."""
+    import subprocess
+    import sys
+
+    side = 20_000
+    data = _class_folder(tmp_path / "data")
+    huge = data / "b" / "huge.png"
+    _zero_png(huge, side)
+    assert huge.stat().st_size < 2 << 20
+    seg = tmp_path / "seg"
+    (seg / "images").mkdir(parents=True)
+    (seg / "masks").mkdir()
+    for i in range(2):
+        _png(seg / "images" / f"s{i}.png", seed=i)
+        Image.fromarray(np.zeros((32, 32), "uint8")).save(
+            seg / "masks" / f"s{i}.png")
+    os.replace(huge, seg / "images" / "s1.png")
+    os.link(seg / "images" / "s1.png", huge)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _DECODE_UNDER_LIMIT, str(data), str(seg),
+         "1024", str(huge)],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["classification"].startswith("REFUSED"), out.stdout
+    assert "huge.png with more than 178,956,970 pixels" in (
+        lines["classification"])
+    assert lines["segmentation"].startswith("REFUSED"), out.stdout
+    assert "s1.png with more than" in lines["segmentation"]
+    assert lines["control"] == "MEMORYERROR", out.stdout
