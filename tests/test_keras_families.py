@@ -254,3 +254,17 @@ def test_cli_trains_a_keras_application_then_quantizes_it(tmp_path, npz,
     assert set(report["tensor_types"]) <= {"float32", "int8", "int32"}
     # The blocks' ops, all int8: CA's pooling, gates and blend.
     assert {"MEAN", "LOGISTIC", "SUB"} <= set(report["op_counts"])
+
+
+def test_train_refuses_alpha_for_families_without_one(tmp_path):
+    """The Python API as the command line: an asked-for alpha that the
+    network cannot take is refused before the run folder exists (the
+    recipe's own alpha, for MobileNetV2CA, is left aside)."""
+    from keras_coordatt.training import train
+
+    with pytest.raises(ValueError, match=(
+            r"ResNet50 has no width multiplier: leave out `alpha`\. "
+            r"Received: alpha=0\.5 with model='keras:ResNet50'")):
+        train("digits", overrides={"model": "keras:ResNet50", "alpha": 0.5,
+                                   "output_dir": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()

@@ -54,6 +54,7 @@ from keras_coordatt.training.data.common import first_unreadable
 from keras_coordatt.training.distribution import DistributionStrategy
 from keras_coordatt.training.distribution import as_strategy
 from keras_coordatt.training.distribution import run_scope
+from keras_coordatt.training.models import keras_family
 from keras_coordatt.training.models import model_slug
 from keras_coordatt.training.models import preprocess_for
 from keras_coordatt.training.optimizers import build_optimizer
@@ -277,6 +278,7 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         config = get_config(config)
     if overrides:
         config = config.replace(**overrides)
+        _refuse_unused_alpha(config, overrides)
     model = _check_given_model(model, config)  # Before the folder.
     # One run per folder: the chief holds `output_dir/.lock` until train()
     # returns (two runs would mix their config, logs and results).
@@ -285,6 +287,18 @@ def train(config="digits", *, overrides=None, strategy=None, source=None,
         if isinstance(run, TrainResult):
             return run
         return _train_run(run, config, source, callbacks, model, verbose)
+
+
+def _refuse_unused_alpha(config, overrides):
+    """A keras.applications family without a width multiplier would build
+    without the `alpha` asked for; the recipe's own alpha (for MobileNetV2CA)
+    is left aside without a word, an asked-for one is refused."""
+    family = keras_family(config.model)
+    if family is not None and not family.alpha and "alpha" in overrides:
+        raise ValueError(
+            f"{family.name} has no width multiplier: leave out `alpha`. "
+            f"Received: alpha={overrides['alpha']!r} with "
+            f"model={config.model!r}")
 
 
 def _train_run(run, config, source, callbacks, model, verbose):
