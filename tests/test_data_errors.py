@@ -243,3 +243,21 @@ def test_decoded_image_memory_is_bounded_under_a_limit(tmp_path):
     assert lines["segmentation"].startswith("REFUSED"), out.stdout
     assert "s1.png with more than" in lines["segmentation"]
     assert lines["control"] == "MEMORYERROR", out.stdout
+
+
+def test_a_split_that_holds_out_nothing_is_named(tmp_path):
+    """Keras says "No training images found" when the validation share of
+    a small folder rounds down to no image."""
+    from keras_coordatt.training.data import classification
+
+    data = tmp_path / "data"
+    for i in range(7):
+        (data / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        _png(data / "ab"[i % 2] / f"{i}.png", size=8, seed=i)
+    with pytest.raises(ValueError, match=(
+            r"The image folder .*data has 7 images: a validation fraction "
+            r"of 0\.1 holds out none\. Received: validation_fraction=0\.1; "
+            r"accepted: a fraction of at least 1/7 = 0\.143")):
+        classification.from_folder(str(data), 32, 0.1, 0)
+    source = classification.from_folder(str(data), 32, 0.2, 0)
+    assert (source.train_examples, source.val_examples) == (6, 1)

@@ -560,6 +560,7 @@ def _from_class_folder(path, load_size, validation_fraction, seed):
         seed=seed, validation_split=validation_fraction,
         crop_to_aspect_ratio=True, verbose=False,
     )
+    _check_split(path, validation_fraction)
     try:
         train, val = keras.utils.image_dataset_from_directory(
             path, subset="both", **common
@@ -586,6 +587,21 @@ def _from_class_folder(path, load_size, validation_fraction, seed):
         class_names=class_names,
         files=_checked(list(train.file_paths) + list(val.file_paths)),
     )
+
+
+def _check_split(path, validation_fraction):
+    """Keras holds out `int(fraction * count)` images and, when that is
+    none, says "No training images found": named here instead."""
+    count = len(_image_files(path))
+    held_out = int(validation_fraction * count)
+    if count and not held_out:
+        raise ValueError(
+            f"The image folder {path} has {count} images: a validation "
+            f"fraction of {validation_fraction} holds out none. Received: "
+            f"validation_fraction={validation_fraction}; accepted: a "
+            f"fraction of at least 1/{count} = {1 / count:.3g} (--set "
+            "validation_fraction=...), more images, or PATH/train/CLASS/"
+            "IMAGE with PATH/val/CLASS/IMAGE")
 
 
 def _checked(files):
