@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from keras_coordatt.quiet import native_output_hidden
+
 # Ops allowed to touch float tensors in an int8 model: the (de)quantization
 # at the model's float inputs and outputs.
 _IO_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -59,7 +61,8 @@ def interpreter(model, num_threads=None, allocate=False, delegate=True):
             f"Received: model of type {type(model).__name__}"
         )
     if allocate:
-        result.allocate_tensors()
+        with native_output_hidden():  # "INFO: Created ... XNNPACK delegate"
+            result.allocate_tensors()
     return result
 
 
@@ -281,7 +284,8 @@ def predict(model, data, batch_size=32, num_threads=None):
             if current != chunk.shape:
                 if dynamic:
                     runner.resize_tensor_input(inp["index"], chunk.shape)
-                runner.allocate_tensors()
+                with native_output_hidden():  # the XNNPACK INFO line
+                    runner.allocate_tensors()
                 current = chunk.shape
             runner.set_tensor(inp["index"], chunk)
             runner.invoke()

@@ -12,12 +12,13 @@ point that descriptor elsewhere while TensorFlow is imported.
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 
 # Harmless for our users, printed by libraries on every run.
 HARMLESS_WARNINGS = (
-    r".*`trackable_obj`.*",  # TFLiteConverter.from_concrete_functions
+    r".*trackable_obj.*",  # TFLiteConverter.from_concrete_functions
     r".*Your input ran out of data.*",  # Keras, after a finite evaluation
     r".*tf\.data.*is deprecated.*",
     r"Statistics for quantized inputs were expected.*",  # TFLite PTQ
@@ -56,10 +57,22 @@ def quiet_imports(verbose=False):
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    # TensorFlow's Python side logs through absl's logger ("WARNING:absl:").
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    # TensorFlow's Python side logs through absl's logger ("WARNING:absl:"),
+    # whose level absl.logging.set_verbosity resets later: a filter stays.
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.ERROR)
+    if not any(isinstance(f, _Harmless) for f in absl_logger.filters):
+        absl_logger.addFilter(_Harmless())
     with _descriptors_to_devnull((2,)):
         yield
+
+
+class _Harmless(logging.Filter):
+    """Drops log records whose message is one of HARMLESS_WARNINGS."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not any(re.match(p, message) for p in HARMLESS_WARNINGS)
 
 
 @contextlib.contextmanager
