@@ -17,7 +17,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, os.pardir, "README.md")
 SHORT_RUN = ("keras-coordatt train --model mobilenetv2_ca --alpha 0.35 "
-             "--dataset digits --epochs 3")
+             "--dataset mnist --epochs 3")
 
 
 MAIN_JOB = ("keras-coordatt train --dataset digits --output-dir runs/digits "
@@ -34,8 +34,9 @@ def test_the_readme_shows_these_commands():
 
 @pytest.mark.slow
 def test_short_run_example_learns(tmp_path):
-    """Measured 70.2 % (README); a run with a warm-up of fixed length and
-    the moving BatchNorm averages ended at 16 %: the bound is well between."""
+    """The 3-epoch example on the real MNIST digits: 88.7 % measured
+    (README; the issue asks >= 80 %). On the 8x8 digits it reached 70.2 %,
+    and a warm-up of fixed length with the moving BatchNorm averages 16 %."""
     args = SHORT_RUN.split()[1:] + ["--output-dir", str(tmp_path / "run"),
                                     "--verbose", "2"]
     command = [sys.executable, "-m", "keras_coordatt.cli"] + args
@@ -44,5 +45,5 @@ def test_short_run_example_learns(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "results.json"))["metrics"]
     print(f"--epochs 3: validation accuracy {metrics['accuracy']:.4f}")
-    assert metrics["accuracy"] >= 0.55
+    assert metrics["accuracy"] >= 0.85
     assert "BatchNorm statistics recomputed on 16" in result.stdout
