@@ -393,3 +393,98 @@ def test_segmentation_comparison_smoke(tmp_path):
         assert 0.0 <= row["mean_iou"]["mean"] <= 1.0
     assert "| ca | 4,373,662 |" in (out / "segmentation_comparison.md"
                                     ).read_text()
+
+
+def test_litert_torch_op_report_and_top1_agreement():
+    """The pure helpers of litert_torch_peer.py: which ops stay float in
+    an int8 file, and the top-1 agreement (with its error text)."""
+    peer = _load("litert_torch_peer")
+    ops = [
+        {"op_name": "QUANTIZE", "dtypes": ["float32", "int8"]},
+        {"op_name": "CONV_2D", "dtypes": ["int32", "int8"]},
+        {"op_name": "QUANTIZE", "dtypes": ["int8"]},  # a requantization
+        {"op_name": "DEQUANTIZE", "dtypes": ["float32", "int8"]},
+        {"op_name": "ADD", "dtypes": ["float32"]},
+        {"op_name": "ADD", "dtypes": ["float32"]},
+        {"op_name": "ADD", "dtypes": ["int8"]},
+    ]
+    assert peer.op_report(ops) == {
+        "op_counts": {"QUANTIZE": 2, "CONV_2D": 1, "DEQUANTIZE": 1,
+                      "ADD": 3},
+        "float_ops": {"ADD": 2}, "boundaries": 2, "int8_ops": 3, "ops": 7}
+    a = [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [1, 0, 0]]
+    b = [[0.0, 1.0, 0.0], [0.1, 0.8, 0.1], [0.0, 0.1, 0.9], [2, 1, 0]]
+    assert peer.top1_agreement(a, b) == 0.75
+    with pytest.raises(ValueError, match=r"Received: shapes \(4, 3\) and "
+                                         r"\(3, 3\)"):
+        peer.top1_agreement(a, b[:3])
+
+
+def test_litert_torch_md_remade_from_its_json():
+    """The stored litert_torch.md is the stored JSON's table."""
+    peer = _load("litert_torch_peer")
+    folder = os.path.join(BENCHMARKS, "results")
+    with open(os.path.join(folder, "litert_torch.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(folder, "litert_torch.md")) as f:
+        assert peer.markdown(result) == f.read()
+    assert result["config"]["quick"] is False
+    assert result["torch_params"] == result["ours_trainable_params"]
+
+
+def _torch_python():
+    """The Python that runs the litert-torch worker (as the script picks
+    it), and why it cannot, if it cannot."""
+    python = os.environ.get("LITERT_TORCH_PYTHON", sys.executable)
+    proc = subprocess.run(
+        [python, "-c", "import litert_torch, onnxruntime, torch"],
+        capture_output=True, text=True)
+    reason = None if proc.returncode == 0 else (
+        f"litert_torch/onnxruntime not importable by {python} (set "
+        "LITERT_TORCH_PYTHON to a venv with the torch-peer extra): "
+        + proc.stderr.strip().splitlines()[-1])
+    return python, reason
+
+
+@pytest.mark.slow
+def test_litert_torch_peer_quick(tmp_path):
+    """`litert_torch_peer.py --quick`: the authors' network converted by
+    litert-torch, float and PT2E int8, checked and timed beside ours (about
+    10 minutes: litert-torch's conversions)."""
+    python, reason = _torch_python()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "results"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "litert_torch_peer.py"),
+         "--quick", "--torch-python", python, "--output", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "litert_torch.json") as f:
+        result = json.load(f)
+    # The same network: the authors' trainable parameter count, both sides.
+    assert result["torch_params"] == result["ours_trainable_params"] \
+        == 1_750_970
+    checks = result["checks"]
+    assert checks["litert_torch_float"]["max_abs_diff"] < 1e-4
+    assert checks["onnxruntime"]["max_abs_diff"] < 1e-4
+    assert checks["litert_torch_int8"]["top1_agreement"] >= 0.5
+    theirs, ours = checks["litert_torch_int8"], checks["ours_int8"]
+    assert theirs["input_dtype"] == "int8"  # PT2E quantizes the input too
+    assert ours["ops"]["float_ops"] == {}  # ours: every op int8
+    assert theirs["ops"]["int8_ops"] > 10 * sum(
+        theirs["ops"]["float_ops"].values())
+    for kind in ("litert_torch", "ours"):
+        assert checks[f"{kind}_int8"]["file_bytes"] < \
+            0.4 * checks[f"{kind}_float"]["file_bytes"]
+        assert checks[f"{kind}_float"]["partitions"] == 1
+    assert [r["threads"] for r in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert set(row["models"]) == set(_load("litert_torch_peer").MODELS)
+        for stats in row["models"].values():
+            _check_stats(stats)
+    text = (out / "litert_torch.md").read_text()
+    assert text.startswith("# litert-torch peer: alpha 0.35, 64x64")
+    assert "| authors' network (litert-torch PT2E) | LiteRT int8 |" in text
