@@ -5,12 +5,21 @@ attention block after each selected layer; `IdentityInitAttention` is the
 wrapper that makes the inserted blocks start as the identity.
 """
 
+import sys
+
 import keras
 from keras import tree
 
 from keras_coordatt import graph as graph_lib
 from keras_coordatt.layers.registry import ATTENTIONS
 from keras_coordatt.layers.registry import get_attention
+from keras_coordatt.utils.lazy_classes import register_lazy_class
+
+# What `add_attention` returns for a keras-hub Backbone; registered now so
+# that saved files of it load after `import keras_coordatt` alone, without
+# importing keras-hub here.
+register_lazy_class("keras_coordatt", "InsertedBackbone",
+                    "keras_coordatt.hub.inserted:InsertedBackbone")
 
 
 @keras.saving.register_keras_serializable(package="keras_coordatt")
@@ -108,7 +117,13 @@ def add_attention(model, after, attention="ca", identity_init=True,
             of the layer it follows unless `dtype` is given.
 
     Returns:
-        A new functional `keras.Model` named like `model`.
+        A new functional `keras.Model` named like `model`. A model with
+        `pyramid_outputs` (a dict of layer outputs, as keras-hub backbones
+        have) keeps them: the same keys, read after the blocks inserted at
+        those layers. For a keras-hub `Backbone` the result is a
+        `keras_coordatt.hub.InsertedBackbone`, a `Backbone` that keras-hub's
+        DeepLabV3 and RetinaNet take as their image encoder and that saves
+        (`.keras`, `save_to_preset`) with its pyramid.
 
     Raises:
         ValueError: if `model` has no functional graph (subclassed model,
@@ -137,8 +152,24 @@ def add_attention(model, after, attention="ca", identity_init=True,
     selected = _check_selection(select, names, uses)
     name_fn = name_fn or (lambda layer: f"{layer.name}_{suffix}")
     block_names = _block_names(selected, graphs, name_fn)
-    return _Insert(block_names, factory, identity_init,
-                   layer_kwargs).run(graph, model.name)
+    new = _Insert(block_names, factory, identity_init,
+                  layer_kwargs).run(graph, model.name)
+    return _as_hub_backbone(model, new)
+
+
+def _as_hub_backbone(model, new):
+    """`new` as an `InsertedBackbone` when `model` is a keras-hub Backbone
+    (which exists only once keras-hub is imported)."""
+    keras_hub = sys.modules.get("keras_hub")
+    if keras_hub is None or not isinstance(model, keras_hub.models.Backbone):
+        return new
+    if not isinstance(getattr(new, "pyramid_outputs", None), dict):
+        return new  # a backbone without a pyramid (a text model, ...)
+    from keras_coordatt.hub.inserted import InsertedBackbone
+
+    # Not `trainable=model.trainable`: False would freeze the inserted
+    # blocks too (the copied layers keep their own flags).
+    return InsertedBackbone.from_network(new)
 
 
 def _graph_or_raise(model):

@@ -7,6 +7,8 @@ preprocessor and image converter; they save and load as keras-hub presets
 (`save_to_preset`, `from_preset`). `hub_classes(name)` returns them; those
 of the networks registered when this package is imported are also its
 attributes (`MobileNetV2CABackbone`, `MobileNeXtCAImageClassifier`, ...).
+`InsertedBackbone` is what `add_attention` returns for a keras-hub
+`Backbone`: its pyramid kept, saved and loaded with it.
 Importing `keras_coordatt` does not import this package or keras-hub.
 """
 
@@ -16,6 +18,7 @@ from keras_coordatt.hub.factory import HubClasses
 from keras_coordatt.hub.factory import hub_classes
 from keras_coordatt.hub.factory import make_hub_classes
 from keras_coordatt.hub.image_converter import ApplicationImageConverter
+from keras_coordatt.hub.inserted import InsertedBackbone
 
 
 def _export_registered():
@@ -33,6 +36,7 @@ __all__ = [
     "ApplicationBackbone",
     "ApplicationImageConverter",
     "HubClasses",
+    "InsertedBackbone",
     "hub_classes",
     "make_hub_classes",
     *_export_registered(),

@@ -7,10 +7,11 @@ pieces of this module and the pipelines of `data.detection`:
 - the model (`build_detector`): a keras-hub `RetinaNetObjectDetector` on a
   `RetinaNetBackbone` whose image encoder is our keras-hub backbone of the
   config's model (`keras_coordatt.hub.hub_classes(model).backbone`, same
-  `alpha`, `reduction`, `attention`): a 256-channel feature pyramid on P3..P5
-  (strides 8 to 32), nine anchors per position (3 scales x 3 aspect ratios,
-  `anchor_size` times the stride), the class and box heads shared by the
-  levels (4 convolutions with group normalisation each), and non-max
+  `alpha`, `reduction`, `attention`), or the encoder in the config's
+  `.keras` file (`models.load_encoder`): a 256-channel feature pyramid on
+  P3..P5 (strides 8 to 32), nine anchors per position (3 scales x 3 aspect
+  ratios, `anchor_size` times the stride), the class and box heads shared
+  by the levels (4 convolutions with group normalisation each), and non-max
   suppression at prediction (`boxes`, `labels`, `confidence`,
   `num_detections`, boxes `yxyx` in pixels);
 - the losses: keras-hub's own (`ObjectDetector.compile` defaults): sigmoid
@@ -51,7 +52,8 @@ import math
 import keras
 import numpy as np
 
-from keras_coordatt.training.segmentation import hub_encoder
+from keras_coordatt.training.models import model_slug
+from keras_coordatt.training.segmentation import dense_encoder
 from keras_coordatt.utils.extras import require
 
 MONITOR = "val_map"
@@ -59,6 +61,8 @@ MONITOR = "val_map"
 # backbones' deepest level is P5; RetinaNet's P6, P7 would be 1-pixel maps
 # at the small sizes this package trains at).
 MIN_LEVEL, MAX_LEVEL = 3, 5
+# The pyramid levels the heads read (the task's `encoder_levels`).
+LEVELS = tuple(f"P{k}" for k in range(MIN_LEVEL, MAX_LEVEL + 1))
 # keras-hub's anchors: 3 scales per octave, 3 aspect ratios.
 ANCHOR_SCALES = 3
 ANCHOR_ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -79,7 +83,10 @@ def build_detector(name, num_classes, *, image_size=64, alpha=1.0,
     (the detector's layers take it).
 
     Args:
-        name: a registered application (`applications.registry`).
+        name: a registered application (`applications.registry`), or a
+            `.keras` file of an encoder with `pyramid_outputs` P3 to P5
+            (a keras-hub `Backbone`; the architecture arguments and
+            `weights` do not apply to it).
         num_classes: object classes (no background class: the focal loss
             is one sigmoid per class).
         image_size: square input side, a multiple of 32 (the pyramid adds
@@ -106,11 +113,10 @@ def build_detector(name, num_classes, *, image_size=64, alpha=1.0,
     """
     _check_detector_arguments(num_classes, image_size, anchor_size)
     keras_hub = _import_extras()
-    encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
-                          weights=weights, reduction=reduction,
-                          attention=attention,
-                          levels=[f"P{k}" for k in range(MIN_LEVEL,
-                                                         MAX_LEVEL + 1)])
+    encoder = dense_encoder(name, "detection", LEVELS,
+                            image_size=image_size, alpha=alpha,
+                            weights=weights, reduction=reduction,
+                            attention=attention)
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=encoder, min_level=MIN_LEVEL, max_level=MAX_LEVEL,
         use_p5=False, image_shape=(image_size, image_size, 3))
@@ -125,7 +131,7 @@ def build_detector(name, num_classes, *, image_size=64, alpha=1.0,
         classification_head_prior_probability=PRIOR_PROBABILITY,
         prediction_decoder=keras_hub.layers.NonMaxSuppression(
             bounding_box_format="yxyx", from_logits=True, **NMS),
-        name=f"retinanet_{name}",
+        name=f"retinanet_{model_slug(name)}",
     )
     _initialise_heads(detector)
     return detector, encoder if transfer else None

@@ -5,7 +5,10 @@
 - a registered application (`"mobilenetv2_ca"`, `applications.registry`);
 - `"keras:NAME"`, a keras.applications network with attention inserted
   (`applications.keras_families`, e.g. `"keras:MobileNetV3Small"`);
-- the path of a `.keras` file, fine-tuned as it is (classification).
+- the path of a `.keras` file: a classifier fine-tuned as it is
+  (classification), or an image encoder with `pyramid_outputs` (a keras-hub
+  `Backbone`, with or without attention inserted by `add_attention`) under
+  the head of a dense task (`TaskSpec.encoder_levels`).
 """
 
 import json
@@ -19,6 +22,7 @@ from keras_coordatt.applications.registry import DEFAULT_APPLICATION
 from keras_coordatt.applications.registry import application_names
 from keras_coordatt.applications.registry import get_application
 from keras_coordatt.applications.registry import preprocess_for as _app_prep
+from keras_coordatt.training.tasks import get_task
 from keras_coordatt.utils import model_files
 
 KERAS_PREFIX = "keras:"
@@ -57,8 +61,12 @@ def accepted_models(task="classification"):
 
 def check_model(name, task="classification"):
     """Raises ValueError unless `task` can build `name` (`keras:` networks
-    and `.keras` files train classification only)."""
+    train classification only, `.keras` files the tasks that take a given
+    model or an encoder)."""
     if name in application_names():
+        return
+    spec = get_task(task)
+    if is_model_file(name) and (spec.given_model or spec.encoder_levels):
         return
     known = is_model_file(name)
     if isinstance(name, str) and name.startswith(KERAS_PREFIX):
@@ -115,14 +123,23 @@ def _trained_as(path):
 
 
 def file_signature(path):
-    """`(image_size, classes)` of the `.keras` classifier at `path`
-    (`image_size` None when its input takes any size).
+    """`(image_size, classes)` of the `.keras` model at `path`: an image
+    classifier, or an image encoder with `pyramid_outputs` (`classes`
+    None); `image_size` is None when its input takes any size.
 
     Raises:
-        ValueError: the file does not load, or is no image classifier (one
-            `(H, W, C)` input and one `(classes,)` output).
+        ValueError: the file does not load, or is neither (one `(H, W, C)`
+            input and one `(classes,)` output, or a pyramid).
     """
-    return _signature(model_files.load_model(path), path)
+    model = model_files.load_model(path)
+    if _pyramid(model):
+        return _input_size(model, path), None
+    return _signature(model, path)
+
+
+def _pyramid(model):
+    pyramid = getattr(model, "pyramid_outputs", None)
+    return pyramid if isinstance(pyramid, dict) else {}
 
 
 def _signature(model, path):
@@ -132,12 +149,58 @@ def _signature(model, path):
             f"The model file {path} is not an image classifier: expected "
             "one (batch, H, W, C) input and one (batch, classes) output. "
             f"Received: shapes {shapes}")
+    return _input_size(model, path), shapes[1][1]
+
+
+def _input_size(model, path):
+    """The square input side of `model` (None: any), or a ValueError."""
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if len(shapes) != 1 or len(shapes[0]) != 4:
+        raise ValueError(
+            f"The model file {path} does not take one batch of images: "
+            f"expected one (batch, H, W, C) input. Received: input shapes "
+            f"{shapes}")
     height, width = shapes[0][1:3]
     if height != width and None not in (height, width):
         raise ValueError(
             f"The model file {path} takes {height}x{width} images; training "
             f"crops square images. Received: model={path!r}")
-    return height if height == width else None, shapes[1][1]
+    return height if height == width else None
+
+
+def load_encoder(path, levels, *, task, image_size, weights=None):
+    """The image encoder in the `.keras` file `path`, put under the head
+    of `task`, which reads its pyramid `levels`.
+
+    Call it inside the strategy's scope.
+
+    Raises:
+        ValueError: the file does not load, lacks one of `levels` in its
+            `pyramid_outputs`, takes another image size, or `weights` is
+            given (the file holds them).
+    """
+    if weights is not None:
+        raise ValueError(
+            f"The model file {path} holds its weights; `weights` does not "
+            f"apply to it. Received: weights={weights!r} with model="
+            f"{path!r}")
+    encoder = model_files.load_model(path)
+    pyramid = _pyramid(encoder)
+    missing = [key for key in levels if key not in pyramid]
+    if missing:
+        raise ValueError(
+            f"The model file {path} is no encoder for {task}: its head "
+            f"needs pyramid_outputs {', '.join(levels)}, the file's model "
+            f"{encoder.name!r} has {', '.join(sorted(pyramid)) or 'none'} "
+            "(save a keras-hub Backbone, with or without add_attention, "
+            f"as .keras). Received: model={path!r}")
+    size = _input_size(encoder, path)
+    if size not in (None, image_size):
+        raise ValueError(
+            f"The model file {path} takes {size}x{size} images. Received: "
+            f"image_size={image_size}; pass image_size={size} "
+            f"(--image-size {size}) or leave it out")
+    return encoder
 
 
 def build_model(name, num_classes, *, image_size=224, alpha=1.0,

@@ -7,7 +7,8 @@ things of this module and the pipelines of `data.segmentation`:
 - the model (`build_segmenter`): a keras-hub `DeepLabV3ImageSegmenter` on a
   `DeepLabV3Backbone` whose image encoder is our keras-hub backbone of the
   config's model (`keras_coordatt.hub.hub_classes(model).backbone`, same
-  `alpha`, `reduction`, `attention`): ASPP (`aspp_dilation_rates`) on P5
+  `alpha`, `reduction`, `attention`), or the encoder in the config's
+  `.keras` file (`models.load_encoder`): ASPP (`aspp_dilation_rates`) on P5
   (stride 32), upsampled 8x and joined with a 48-channel projection of P2
   (stride 4), a 256-filter head upsampled 4x to the input size, and a 1x1
   convolution giving per-pixel logits (the segmenter's `activation=None`);
@@ -26,6 +27,8 @@ import keras
 from keras_coordatt.applications.arguments import validate_attention
 from keras_coordatt.applications.registry import get_application
 from keras_coordatt.applications.registry import get_application_spec
+from keras_coordatt.training.models import is_model_file
+from keras_coordatt.training.models import load_encoder
 from keras_coordatt.utils.extras import require
 
 MONITOR = "val_mean_iou"
@@ -34,6 +37,9 @@ DEEPLAB = dict(
     spatial_pyramid_pooling_key="P5", upsampling_size=8,
     low_level_feature_key="P2", projection_filters=48,
 )
+# The pyramid levels the head reads (the task's `encoder_levels`).
+LEVELS = (DEEPLAB["low_level_feature_key"],
+          DEEPLAB["spatial_pyramid_pooling_key"])
 # DeepLab's ASPP rates and the stride-32 map side they are meant for (a
 # 1024-pixel input); `aspp_dilation_rates` scales them to the actual map.
 ASPP_RATES = (6, 12, 18)
@@ -97,6 +103,19 @@ def hub_encoder(name, *, image_size, alpha=1.0, weights=None,
     return encoder
 
 
+def dense_encoder(name, task, levels, *, image_size, alpha=1.0,
+                  weights=None, reduction=None, attention=True):
+    """The image encoder of a dense task's head: the one in the `.keras`
+    file `name` (`models.load_encoder`), else the keras-hub backbone of
+    the registered application `name` (`hub_encoder`)."""
+    if is_model_file(name):
+        return load_encoder(name, levels, task=task, image_size=image_size,
+                            weights=weights)
+    return hub_encoder(name, image_size=image_size, alpha=alpha,
+                       weights=weights, reduction=reduction,
+                       attention=attention, levels=levels)
+
+
 def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
                     weights=None, reduction=None, attention=True,
                     transfer=False):
@@ -106,7 +125,10 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
     (the segmenter's layers take it).
 
     Args:
-        name: a registered application (`applications.registry`).
+        name: a registered application (`applications.registry`), or a
+            `.keras` file of an encoder with `pyramid_outputs` P2 and P5
+            (a keras-hub `Backbone`; the architecture arguments and
+            `weights` do not apply to it).
         num_classes: classes of the per-pixel logits (the background
             included).
         image_size: square input side, a multiple of 32.
@@ -126,11 +148,10 @@ def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
             fit (the application's errors).
     """
     keras_hub = require("keras_hub", "hub", "Segmentation")
-    encoder = hub_encoder(name, image_size=image_size, alpha=alpha,
-                          weights=weights, reduction=reduction,
-                          attention=attention,
-                          levels=(DEEPLAB["spatial_pyramid_pooling_key"],
-                                  DEEPLAB["low_level_feature_key"]))
+    encoder = dense_encoder(name, "segmentation", LEVELS,
+                            image_size=image_size, alpha=alpha,
+                            weights=weights, reduction=reduction,
+                            attention=attention)
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder, image_shape=(image_size, image_size, 3),
         dilation_rates=aspp_dilation_rates(image_size), **DEEPLAB)

@@ -45,7 +45,13 @@ class TaskSpec:
             it need not be.
         class_ids: whether targets stay class ids (no label smoothing).
         whole_images: whether evaluation must see whole images (no crop).
-        given_model: whether `train(model=...)` can train a given model.
+        given_model: whether `train(model=...)` can train a given model
+            (and `model` may be a `.keras` file of one, fine-tuned as it
+            is).
+        encoder_levels: the `pyramid_outputs` keys its head reads; with
+            them, `model` may be a `.keras` file of an image encoder that
+            has those levels (a keras-hub `Backbone`, with or without
+            attention inserted by `add_attention`), put under the head.
         hub_classes: whether its saved models hold keras-hub classes
             (loading them needs `keras_coordatt.hub`).
         demo_recipe: the recipe the CLI starts from with no `--dataset`
@@ -66,6 +72,7 @@ class TaskSpec:
     class_ids: bool = False
     whole_images: bool = False
     given_model: bool = False
+    encoder_levels: tuple = ()
     hub_classes: bool = False
     demo_recipe: str = ""
     recipe: str = ""
@@ -253,7 +260,7 @@ register_task(TaskSpec(
     monitor="val_mean_iou",
     dataset_forms=("tfds:NAME", "folder:PATH"),
     stride_32="DeepLabV3 upsamples the stride-32 features back to it",
-    class_ids=True, hub_classes=True,
+    class_ids=True, hub_classes=True, encoder_levels=("P2", "P5"),
     demo_recipe="digits_seg", recipe="digits_seg",
 ))
 register_task(TaskSpec(
@@ -267,5 +274,6 @@ register_task(TaskSpec(
     stride_32="the feature pyramid adds every level to the 2x upsampled "
               "coarser one",
     class_ids=True, whole_images=True, hub_classes=True,
+    encoder_levels=("P3", "P4", "P5"),
     demo_recipe="digits_det", recipe="digits_det",
 ))
