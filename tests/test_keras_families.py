@@ -89,7 +89,9 @@ def test_registry_names_preprocessing_and_errors():
         get_config("digits", {"model": "keras:VGG16"})
     with pytest.raises(ValueError, match=(
             r"task 'segmentation'. Received: model='keras:MobileNetV2'; "
-            r"accepted: mobilenetv2_ca, mobilenext_ca$")):
+            r"accepted: mobilenetv2_ca, mobilenext_ca or a \.keras file of "
+            r"an encoder with pyramid_outputs P2/P5 \(a keras-hub "
+            r"Backbone\)$")):
         get_config("digits_seg", {"model": "keras:MobileNetV2"})
     config = get_config("digits", {"model": "keras:MobileNetV3Small"})
     assert default_output_dir(config) == os.path.join(

@@ -53,7 +53,11 @@ def accepted_models(task="classification"):
     """The spellings `task` accepts, for error messages."""
     names = ", ".join(application_names())
     if task != "classification":
-        return names
+        levels = "/".join(get_task(task).encoder_levels or ())
+        if not levels:
+            return names
+        return (f"{names} or a {MODEL_FILE_SUFFIX} file of an encoder "
+                f"with pyramid_outputs {levels} (a keras-hub Backbone)")
     keras_names = ", ".join(KERAS_PREFIX + name for name in
                             keras_families.keras_family_names())
     return f"{names}, {keras_names} or a {MODEL_FILE_SUFFIX} file"
