@@ -58,7 +58,7 @@ def problems(notebook):
 
 
 def test_notebooks_found():
-    assert len(NOTEBOOKS) == 5, [path.name for path in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 6, [path.name for path in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
