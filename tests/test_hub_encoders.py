@@ -321,9 +321,10 @@ def test_dense_tasks_name_the_levels_they_read():
         "P3", "P4", "P5")
     for task in ("classification", "segmentation", "detection"):
         check_model("any/encoder.keras", task)
+        check_model("keras:MobileNetV2", task)  # a pyramid by strides
     with pytest.raises(ValueError, match=r"task 'segmentation'.*"
-                       r"model='keras:MobileNetV2'"):
-        check_model("keras:MobileNetV2", "segmentation")
+                       r"model='keras:VGG16'"):
+        check_model("keras:VGG16", "segmentation")
 
 
 @pytest.mark.parametrize("kind", ["plain", "ca"])
@@ -416,3 +417,58 @@ def test_train_detects_on_an_encoder_file(encoder_files, tmp_path):
     assert 0.0 <= result.metrics["map"] <= 1.0
     assert result.optimizer_iterations == 2
     assert result.model.name == "retinanet_ca"
+
+
+def test_keras_applications_encoders_have_a_pyramid_by_strides():
+    """A keras.applications network has no pyramid: as a dense encoder it
+    gets its last map at each stride (keras-hub's P_k at stride 2**k),
+    read after the inserted blocks."""
+    from keras_coordatt.training.models import keras_family
+    from keras_coordatt.training.segmentation import keras_encoder
+
+    family = keras_family("keras:MobileNetV2")
+    encoder = keras_encoder(family, ("P2", "P5"), image_size=64,
+                            alpha=0.35)
+    assert type(encoder).__name__ == "InsertedBackbone"
+    assert {key: tuple(out.shape[1:3]) for key, out in
+            encoder.pyramid_outputs.items()} == {
+        "P1": (32, 32), "P2": (16, 16), "P3": (8, 8), "P4": (4, 4),
+        "P5": (2, 2)}
+    assert encoder.pyramid_layers["P2"] == "block_3_expand_relu"
+    assert encoder.pyramid_layers["P5"] == "out_relu"
+    assert sum(isinstance(layer, IdentityInitAttention)
+               for layer in encoder.layers) == 17
+    plain = keras_encoder(family, ("P2", "P5"), image_size=64, alpha=0.35,
+                          attention=False)
+    assert plain.pyramid_layers == encoder.pyramid_layers
+    assert not any(isinstance(layer, IdentityInitAttention)
+                   for layer in plain.layers)
+    with pytest.raises(ValueError, match=(
+            r"keras:MobileNetV2 at 64x64 has no pyramid level P6 \(it has "
+            r"P1, P2, P3, P4, P5\)\. Received: image_size=64")):
+        keras_encoder(family, ("P6",), image_size=64, alpha=0.35)
+
+
+@pytest.mark.slow
+def test_cli_trains_a_segmenter_on_a_keras_application(tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from keras_coordatt.training import cli as train_cli
+
+    out = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=8):
+        code = train_cli.main([
+            "--task", "segmentation", "--dataset", "tfds:oxford_iiit_pet",
+            "--model", "keras:MobileNetV2", "--alpha", "0.35",
+            "--attention", "ca", "--epochs", "1", "--batch-size", "4",
+            "--image-size", "64", "--output-dir", str(out),
+            "--set", "bn_recalibration_steps=1", "--set", "tensorboard=false",
+        ])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    with open(out / "results.json") as f:
+        metrics = json.load(f)["metrics"]
+    assert np.isfinite(metrics["loss"]) and 0 <= metrics["mean_iou"] <= 1
+    model = keras.saving.load_model(str(out / "model.keras"))
+    encoder = model.backbone.image_encoder
+    assert type(encoder).__name__ == "InsertedBackbone"
+    assert sum(isinstance(layer, IdentityInitAttention)
+               for layer in encoder.layers) == 17

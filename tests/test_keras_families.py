@@ -88,11 +88,15 @@ def test_registry_names_preprocessing_and_errors():
             r"mobilenext_ca, keras:MobileNetV2, .* or a .keras file")):
         get_config("digits", {"model": "keras:VGG16"})
     with pytest.raises(ValueError, match=(
-            r"task 'segmentation'. Received: model='keras:MobileNetV2'; "
-            r"accepted: mobilenetv2_ca, mobilenext_ca or a \.keras file of "
-            r"an encoder with pyramid_outputs P2/P5 \(a keras-hub "
-            r"Backbone\)$")):
-        get_config("digits_seg", {"model": "keras:MobileNetV2"})
+            r"task 'segmentation'. Received: model='keras:VGG16'; "
+            r"accepted: mobilenetv2_ca, mobilenext_ca, keras:MobileNetV2, "
+            r".*\(pyramid by strides\) or a \.keras file of an encoder with "
+            r"pyramid_outputs P2/P5 \(a keras-hub Backbone\)$")):
+        get_config("digits_seg", {"model": "keras:VGG16"})
+    # keras.applications networks are dense encoders too (pyramid by
+    # strides, tests/test_hub_encoders.py).
+    assert get_config("digits_seg", {"model": "keras:MobileNetV2"}).model \
+        == "keras:MobileNetV2"
     config = get_config("digits", {"model": "keras:MobileNetV3Small"})
     assert default_output_dir(config) == os.path.join(
         "runs", "keras-MobileNetV3Small-digits")

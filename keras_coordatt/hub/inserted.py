@@ -58,6 +58,13 @@ class InsertedBackbone(Backbone):
         self.pyramid_layers = dict(pyramid_layers)
 
     @classmethod
+    def from_strides(cls, network, **kwargs):
+        """The backbone of `network`, a functional image network without a
+        pyramid (a keras.applications network, `include_top=False`), with
+        the pyramid `stride_pyramid_layers` computes."""
+        return cls(network, stride_pyramid_layers(network), **kwargs)
+
+    @classmethod
     def from_network(cls, network, **kwargs):
         """The backbone of `network`, a functional model with a
         `pyramid_outputs` dict of its layers' outputs (what
@@ -121,6 +128,42 @@ def pyramid_tensors(network, pyramid_layers):
                 f"Received: {received}")
         pyramid[key] = output
     return pyramid
+
+
+def stride_pyramid_layers(network):
+    """`{"P{k}": layer name}` of a channels_last functional image network:
+    for each k in 1..5, the last layer (in graph order) whose output has
+    stride `2**k` in both sides (keras-hub's convention, P2 at stride 4).
+
+    keras.applications networks carry no pyramid; the last map at each
+    stride is the one with the most processing at that resolution (for
+    MobileNetV2, P2 is `block_3_expand_relu`, the expansion before the
+    stride-8 depthwise convolution).
+
+    Raises:
+        ValueError: the input's height or width is not fixed.
+    """
+    height, width = network.input.shape[1:3]
+    if not height or not width:
+        raise ValueError(
+            "A pyramid by strides needs a fixed input size. Received: "
+            f"network={network.name!r} with input shape "
+            f"{tuple(network.input.shape)}")
+    names = {}
+    for op in network.operations:  # in graph order
+        output = op.output
+        if not isinstance(output, keras.KerasTensor) or len(
+                output.shape) != 4 or not output.shape[1]:
+            continue
+        rows, cols = output.shape[1:3]
+        stride = height // rows
+        if (height % rows or width % cols or width // cols != stride
+                or stride & (stride - 1)):
+            continue
+        level = stride.bit_length() - 1
+        if 1 <= level <= 5:
+            names[f"P{level}"] = op.name
+    return names
 
 
 def pyramid_layer_names(network):

@@ -52,20 +52,22 @@ def keras_family(name):
 def accepted_models(task="classification"):
     """The spellings `task` accepts, for error messages."""
     names = ", ".join(application_names())
+    keras_names = ", ".join(KERAS_PREFIX + name for name in
+                            keras_families.keras_family_names())
     if task != "classification":
         levels = "/".join(get_task(task).encoder_levels or ())
         if not levels:
             return names
-        return (f"{names} or a {MODEL_FILE_SUFFIX} file of an encoder "
-                f"with pyramid_outputs {levels} (a keras-hub Backbone)")
-    keras_names = ", ".join(KERAS_PREFIX + name for name in
-                            keras_families.keras_family_names())
+        return (f"{names}, {keras_names} (pyramid by strides) or a "
+                f"{MODEL_FILE_SUFFIX} file of an encoder with "
+                f"pyramid_outputs {levels} (a keras-hub Backbone)")
     return f"{names}, {keras_names} or a {MODEL_FILE_SUFFIX} file"
 
 
 def check_model(name, task="classification"):
     """Raises ValueError unless `task` can build `name` (`keras:` networks
-    train classification only, `.keras` files the tasks that take a given
+    train classification and, as encoders with a pyramid by strides, the
+    tasks with `encoder_levels`; `.keras` files the tasks that take a given
     model or an encoder)."""
     if name in application_names():
         return
@@ -76,7 +78,7 @@ def check_model(name, task="classification"):
     if isinstance(name, str) and name.startswith(KERAS_PREFIX):
         known = name[len(KERAS_PREFIX):].lower() in {
             n.lower() for n in keras_families.keras_family_names()}
-    if not known or task != "classification":
+    if not known or not (task == "classification" or spec.encoder_levels):
         raise ValueError(
             f"Unknown model for task {task!r}. Received: model={name!r}; "
             f"accepted: {accepted_models(task)}")

@@ -28,6 +28,7 @@ from keras_coordatt.applications.arguments import validate_attention
 from keras_coordatt.applications.registry import get_application
 from keras_coordatt.applications.registry import get_application_spec
 from keras_coordatt.training.models import is_model_file
+from keras_coordatt.training.models import keras_family
 from keras_coordatt.training.models import load_encoder
 from keras_coordatt.utils.extras import require
 
@@ -106,14 +107,46 @@ def hub_encoder(name, *, image_size, alpha=1.0, weights=None,
 def dense_encoder(name, task, levels, *, image_size, alpha=1.0,
                   weights=None, reduction=None, attention=True):
     """The image encoder of a dense task's head: the one in the `.keras`
-    file `name` (`models.load_encoder`), else the keras-hub backbone of
+    file `name` (`models.load_encoder`), a `"keras:NAME"` network with its
+    pyramid by strides (`keras_encoder`), else the keras-hub backbone of
     the registered application `name` (`hub_encoder`)."""
     if is_model_file(name):
         return load_encoder(name, levels, task=task, image_size=image_size,
                             weights=weights)
+    family = keras_family(name)
+    if family is not None:
+        return keras_encoder(family, levels, image_size=image_size,
+                             alpha=alpha, weights=weights,
+                             reduction=reduction, attention=attention)
     return hub_encoder(name, image_size=image_size, alpha=alpha,
                        weights=weights, reduction=reduction,
                        attention=attention, levels=levels)
+
+
+def keras_encoder(family, levels, *, image_size, alpha=None, weights=None,
+                  reduction=None, attention=True):
+    """The keras.applications network of `family` without its top, with
+    attention inserted where the family says (`build_keras_application`),
+    as a keras-hub `Backbone` whose pyramid is its last map at each stride
+    (`InsertedBackbone.from_strides`)."""
+    from keras_coordatt.applications.keras_families import (
+        build_keras_application)
+    from keras_coordatt.hub.inserted import InsertedBackbone
+
+    extra = {} if reduction is None else {"reduction": reduction}
+    network = build_keras_application(
+        family.name, attention=attention or None,
+        input_shape=(image_size, image_size, 3), weights=weights,
+        alpha=alpha if family.alpha else None, include_top=False, **extra)
+    encoder = InsertedBackbone.from_strides(network)
+    missing = [key for key in levels if key not in encoder.pyramid_outputs]
+    if missing:
+        raise ValueError(
+            f"keras:{family.name} at {image_size}x{image_size} has no "
+            f"pyramid level {', '.join(missing)} (it has "
+            f"{', '.join(sorted(encoder.pyramid_outputs))}). Received: "
+            f"image_size={image_size}")
+    return encoder
 
 
 def build_segmenter(name, num_classes, *, image_size=64, alpha=1.0,
