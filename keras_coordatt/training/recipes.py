@@ -511,12 +511,34 @@ def _digits_det():
     )
 
 
+def _mnist_seg():
+    # The default segmentation demo: `mnist-seg` canvases (64x64, one or
+    # two real MNIST digits of 24 to 32 pixels, each in its own 32-pixel
+    # cell, 11 classes), DeepLabV3+ on MobileNetV2-CA from scratch; AdamW
+    # and flips as digits_seg.
+    return _digits_seg().replace(
+        dataset="mnist-seg",
+        epochs=12,
+    )
+
+
+def _mnist_det():
+    # The default detection demo: `mnist-det` canvases (the mnist-seg
+    # scenes' tight boxes, 10 classes), RetinaNet as digits_det.
+    return _digits_det().replace(
+        dataset="mnist-det",
+        epochs=8,
+    )
+
+
 RECIPES = {
     "paper_imagenet": _paper_imagenet,
     "transfer": _transfer,
     "digits": _digits,
     "digits_seg": _digits_seg,
     "digits_det": _digits_det,
+    "mnist_seg": _mnist_seg,
+    "mnist_det": _mnist_det,
 }
 
 

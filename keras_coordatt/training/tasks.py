@@ -49,7 +49,7 @@ class TaskSpec:
         hub_classes: whether its saved models hold keras-hub classes
             (loading them needs `keras_coordatt.hub`).
         demo_recipe: the recipe the CLI starts from with no `--dataset`
-            (the task's offline demo, `"digits_seg"`).
+            (the task's offline demo, `"mnist_seg"`).
         recipe: the recipe the CLI starts from for a dataset that is not
             registered (`tfds:NAME`, ...).
     """
@@ -254,7 +254,7 @@ register_task(TaskSpec(
     dataset_forms=("tfds:NAME", "folder:PATH"),
     stride_32="DeepLabV3 upsamples the stride-32 features back to it",
     class_ids=True, hub_classes=True,
-    demo_recipe="digits_seg", recipe="digits_seg",
+    demo_recipe="mnist_seg", recipe="digits_seg",
 ))
 register_task(TaskSpec(
     name="detection", data=f"{_TRAINING}.data.detection",
@@ -267,5 +267,5 @@ register_task(TaskSpec(
     stride_32="the feature pyramid adds every level to the 2x upsampled "
               "coarser one",
     class_ids=True, whole_images=True, hub_classes=True,
-    demo_recipe="digits_det", recipe="digits_det",
+    demo_recipe="mnist_det", recipe="digits_det",
 ))
