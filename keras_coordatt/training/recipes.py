@@ -518,7 +518,8 @@ def _mnist_seg():
     # and flips as digits_seg.
     return _digits_seg().replace(
         dataset="mnist-seg",
-        epochs=12,
+        horizontal_flip=False,
+        epochs=6,
     )
 
 
@@ -527,7 +528,8 @@ def _mnist_det():
     # scenes' tight boxes, 10 classes), RetinaNet as digits_det.
     return _digits_det().replace(
         dataset="mnist-det",
-        epochs=8,
+        anchor_size=1.5,
+        epochs=3,
     )
 
 
