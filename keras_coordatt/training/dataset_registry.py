@@ -2,10 +2,10 @@
 
 A named dataset (the offline demos: `digits`, `mnist`, `mnist-seg`,
 `mnist-det`, ...) is registered once with the task its targets serve, the
-function that loads it and the recipe the CLI starts from for it. The task modules'
-`load_source` read a name here before the general forms (`tfds:NAME`,
-`folder:PATH`, `npz:PATH`), and `TrainConfig` checks that the dataset's
-task is the run's. No other module lists dataset names.
+function that loads it and the recipe the CLI starts from for it. The task
+modules' `load_source` read a name here before the general forms
+(`tfds:NAME`, `folder:PATH`, `npz:PATH`), and `TrainConfig` checks that
+the dataset's task is the run's. No other module lists dataset names.
 
 The loader is called as `load(image_size=..., validation_fraction=...,
 seed=...)` and returns the task's source type; it may be given as a

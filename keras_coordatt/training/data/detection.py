@@ -119,8 +119,8 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     """Returns the detection source a dataset string names.
 
     Args:
-        dataset: `"mnist-det"`, `"digits-det"` or `"tfds:NAME"` (a `TFDS_DETECTION` name;
-            see the module's docstring).
+        dataset: `"mnist-det"`, `"digits-det"` or `"tfds:NAME"` (a
+            `TFDS_DETECTION` name; see the module's docstring).
         image_size: side of the mnist-det / digits-det canvases.
         validation_fraction: unused (no source here holds out a split);
             accepted so that the arguments are `data.load_source`'s.

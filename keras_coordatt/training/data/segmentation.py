@@ -130,8 +130,9 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     """Returns the segmentation `ImageSource` a dataset string names.
 
     Args:
-        dataset: `"mnist-seg"`, `"digits-seg"`, `"tfds:NAME"` (a `TFDS_SEGMENTATION`
-            name) or `"folder:PATH"` (see the module's docstring).
+        dataset: `"mnist-seg"`, `"digits-seg"`, `"tfds:NAME"` (a
+            `TFDS_SEGMENTATION` name) or `"folder:PATH"` (see the module's
+            docstring).
         image_size: side of the mnist-seg / digits-seg canvases.
         validation_fraction: held-out share of a folder.
         seed: seed of the scenes and of a folder's held-out
