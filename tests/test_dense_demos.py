@@ -116,16 +116,16 @@ def test_the_task_defaults_are_the_mnist_demos(capsys, task, dataset,
     assert default_recipe(task, dataset) == recipe
 
 
-# The default demos as shipped (`keras-coordatt train --task ...`). On 2
-# CPU cores shared at load 8 to 10 the runs were measured part way only
-# (see the recipes): segmentation validation mean IoU 0.100, 0.126, 0.124
-# after epochs 1 to 3 of 6, detection mAP@0.5 0.033 after epoch 1 of 3.
-# The floors sit under those and above a model that predicts background
+# The default demos as shipped (`keras-coordatt train --task ...`), on 2
+# CPU cores shared at load 5 to 11 (see the recipes): segmentation
+# validation mean IoU 0.134 (58 minutes there); detection mAP@0.5 0.033,
+# 0.091 after epochs 1 and 2 of 3 (the last epoch was not measured). The
+# floors sit under those and above a model that predicts background
 # everywhere (mean IoU 0.087; mAP 0): they check that the demos learn, not
 # the goals of 0.5, which these recipes do not reach.
 BACKGROUND_ONLY_MIOU = 0.087
-SEG_MIOU_FLOOR = 0.11
-DET_MAP50_FLOOR = 0.02
+SEG_MIOU_FLOOR = 0.12
+DET_MAP50_FLOOR = 0.05
 
 
 def _run_demo(tmp_path, capsys, task):
