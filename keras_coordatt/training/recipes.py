@@ -539,9 +539,9 @@ def _mnist_det():
     # scenes' tight boxes, 10 classes), RetinaNet as digits_det. Anchors
     # of 1.5 times the stride: 93.7 % of the digits' boxes have an anchor
     # at IoU >= 0.5 (92.2 % at 2x, 84.6 % at 2.5x; a thin "1" is the hard
-    # case, 74 % at 1.5x, 60 % at 2x). Measured (2 CPU cores shared at
-    # load 5 to 11): validation mAP@0.5 0.033, 0.091 (mAP 0.011, 0.041)
-    # after epochs 1 and 2 of 3.
+    # case, 74 % at 1.5x, 60 % at 2x). As shipped, on 2 CPU cores shared
+    # at load 1 to 11 (61 minutes there): validation mAP@0.5 0.124, mAP
+    # 0.055 (0.033 and 0.091 after epochs 1 and 2).
     return _digits_det().replace(
         dataset="mnist-det",
         anchor_size=1.5,
