@@ -119,9 +119,10 @@ def test_the_task_defaults_are_the_mnist_demos(capsys, task, dataset,
 # The default demos as shipped (`keras-coordatt train --task ...`), on 2
 # CPU cores shared at load 1 to 11 (see the recipes): segmentation
 # validation mean IoU 0.134 (58 minutes there), detection mAP@0.5 0.124
-# (61 minutes). The floors sit under those and above a model that predicts background
-# everywhere (mean IoU 0.087; mAP 0): they check that the demos learn, not
-# the goals of 0.5, which these recipes do not reach.
+# (61 minutes). The floors sit under those and above a model that
+# predicts background everywhere (mean IoU 0.087; mAP 0): they check that
+# the demos learn, not the goals of 0.5, which these recipes do not
+# reach.
 BACKGROUND_ONLY_MIOU = 0.087
 SEG_MIOU_FLOOR = 0.12
 DET_MAP50_FLOOR = 0.10
