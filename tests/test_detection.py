@@ -292,11 +292,11 @@ def test_pipeline_and_source_errors_name_what_is_accepted():
     with pytest.raises(ValueError, match=r"`dataset='digits'` is a "
                        r"classification dataset\. Received: dataset='digits', "
                        r"task='detection'; accepted for task='detection': "
-                       r"digits-det$"):
+                       r"digits-det, mnist-det$"):
         dd.load_source("digits")
     with pytest.raises(ValueError, match=r"Unknown detection dataset\. "
                        r"Received: dataset='nope'.*accepted: digits-det, "
-                       r"tfds:NAME"):
+                       r"mnist-det, tfds:NAME"):
         dd.load_source("nope")
     with pytest.raises(ValueError, match=r"Not a known tensorflow-datasets "
                        r"detection dataset\. Received: dataset='tfds:mnist'"
@@ -337,13 +337,14 @@ def test_task_config_recipe_and_cli(capsys):
             ({"label_smoothing": 0.1}, r"Received: label_smoothing=0\.1, "
              r"task='detection'"),
             ({"dataset": "digits-seg"}, r"is a segmentation dataset.*"
-             r"accepted for task='detection': digits-det, tfds:NAME$")):
+             r"accepted for task='detection': digits-det, mnist-det, "
+             r"tfds:NAME$")):
         with pytest.raises(ValueError, match=match):
             get_config("digits_det", overrides)
     assert train_cli.main(["--print-config", "--task", "detection"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["task"], printed["dataset"]) == ("detection",
-                                                      "digits-det")
+                                                      "mnist-det")
     assert train_cli.main(["--task", "detection", "--dataset",
                            "digits"]) == 2
     err = capsys.readouterr().err

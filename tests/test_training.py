@@ -71,7 +71,7 @@ def _env():
 
 def test_recipes_are_plain_data_that_round_trip():
     for name in ("paper_imagenet", "transfer", "digits", "digits_seg",
-                 "digits_det"):
+                 "digits_det", "mnist_seg", "mnist_det"):
         config = get_config(name)
         data = json.loads(json.dumps(config.to_dict()))
         assert TrainConfig.from_dict(data) == config
@@ -87,7 +87,8 @@ def test_recipes_are_plain_data_that_round_trip():
     assert transfer.transfer and transfer.frozen_epochs == 3
     assert transfer.finetune_learning_rate_factor == 0.1
     assert set(RECIPES) == {"paper_imagenet", "transfer", "digits",
-                            "digits_seg", "digits_det"}
+                            "digits_seg", "digits_det", "mnist_seg",
+                            "mnist_det"}
 
 
 def test_overrides_from_pairs_and_json_files(tmp_path):

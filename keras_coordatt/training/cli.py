@@ -10,14 +10,15 @@
         --strategy auto --resume
     keras-coordatt train --config transfer --dataset tfds:tf_flowers \\
         --set weights=/path/to/mbv2_ca.weights.h5
-    keras-coordatt train --task segmentation              # digits-seg demo
+    keras-coordatt train --task segmentation              # mnist-seg demo
     keras-coordatt train --task segmentation --dataset tfds:oxford_iiit_pet
-    keras-coordatt train --task detection                 # digits-det demo
+    keras-coordatt train --task detection                 # mnist-det demo
     keras-coordatt train --task detection --dataset tfds:voc --image-size 320
 
-Flags override the recipe picked by `--config` (default: `digits` for the
-digits dataset, `digits_seg` for segmentation, `digits_det` for detection,
-else `paper_imagenet`); `--set KEY=VALUE` reaches every `TrainConfig`
+Flags override the recipe picked by `--config` (default: a named
+dataset's own recipe, `digits` for classification without `--dataset`,
+`mnist_seg` for segmentation, `mnist_det` for detection, else
+`paper_imagenet`); `--set KEY=VALUE` reaches every `TrainConfig`
 field. The run ends by printing the validation metrics and the
 path of the saved `.keras` model.
 """
@@ -92,9 +93,10 @@ def build_parser():
     parser.add_argument(
         "--task", choices=task_names(),
         help="classification (default), segmentation (DeepLabV3 on the "
-        "network; datasets digits-seg, tfds:oxford_iiit_pet, folder:PATH "
-        "with images/ and masks/) or detection (RetinaNet on the network, "
-        "COCO mAP; datasets digits-det, tfds:voc, tfds:coco)",
+        "network; datasets mnist-seg (default), digits-seg, "
+        "tfds:oxford_iiit_pet, folder:PATH with images/ and masks/) or "
+        "detection (RetinaNet on the network, COCO mAP; datasets mnist-det "
+        "(default), digits-det, tfds:voc, tfds:coco)",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -124,7 +126,8 @@ def add_config_arguments(parser):
     parser.add_argument(
         "--config", default=None,
         help=f"recipe ({', '.join(RECIPES)}) or JSON config file; default: "
-        "digits for the digits dataset, else paper_imagenet",
+        "a named dataset's own (digits, mnist_seg, mnist_det, ...), else "
+        "paper_imagenet",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[],
@@ -144,8 +147,10 @@ def add_config_arguments(parser):
         "--dataset",
         help="digits (offline), tfds:NAME (e.g. tfds:imagenet2012, "
         "tfds:tf_flowers), folder:PATH or npz:PATH; for segmentation "
-        "digits-seg (offline), tfds:oxford_iiit_pet or folder:PATH; for "
-        "detection digits-det (offline), tfds:voc or tfds:coco",
+        "mnist-seg (real digits, the default) or digits-seg (offline), "
+        "tfds:oxford_iiit_pet or folder:PATH; for detection mnist-det "
+        "(real digits, the default) or digits-det (offline), tfds:voc or "
+        "tfds:coco",
     )
     parser.add_argument("--data-dir", help="tensorflow-datasets data dir")
     parser.add_argument(

@@ -1,11 +1,11 @@
 """The named datasets of `keras-coordatt train --dataset NAME`: one spec each.
 
-A named dataset (the offline demos: `digits`, `digits-seg`, `digits-det`)
-is registered once with the task its targets serve, the function that
-loads it and the recipe the CLI starts from for it. The task modules'
-`load_source` read a name here before the general forms (`tfds:NAME`,
-`folder:PATH`, `npz:PATH`), and `TrainConfig` checks that the dataset's
-task is the run's. No other module lists dataset names.
+A named dataset (the offline demos: `digits`, `mnist`, `mnist-seg`,
+`mnist-det`, ...) is registered once with the task its targets serve, the
+function that loads it and the recipe the CLI starts from for it. The task
+modules' `load_source` read a name here before the general forms
+(`tfds:NAME`, `folder:PATH`, `npz:PATH`), and `TrainConfig` checks that
+the dataset's task is the run's. No other module lists dataset names.
 
 The loader is called as `load(image_size=..., validation_fraction=...,
 seed=...)` and returns the task's source type; it may be given as a
@@ -101,10 +101,10 @@ def load_named(name, task, *, image_size, validation_fraction, seed):
                          validation_fraction=validation_fraction, seed=seed)
 
 
-def _digits_scenes(module):
+def _scenes(module, function="load_digits_scenes"):
     def load(image_size, validation_fraction, seed):
         del validation_fraction  # the scenes come in fixed train/val sets
-        return importlib.import_module(module).load_digits_scenes(
+        return getattr(importlib.import_module(module), function)(
             image_size, seed)
     return load
 
@@ -116,12 +116,12 @@ register_dataset(DatasetSpec(
     description="scikit-learn's 1,797 8x8 digits, offline"))
 register_dataset(DatasetSpec(
     "digits-seg", "segmentation",
-    load=_digits_scenes("keras_coordatt.training.data.segmentation"),
+    load=_scenes("keras_coordatt.training.data.segmentation"),
     recipe="digits_seg",
     description="digit scenes with stroke masks (11 classes), offline"))
 register_dataset(DatasetSpec(
     "digits-det", "detection",
-    load=_digits_scenes("keras_coordatt.training.data.detection"),
+    load=_scenes("keras_coordatt.training.data.detection"),
     recipe="digits_det",
     description="digit scenes with tight boxes (10 classes), offline"))
 register_dataset(DatasetSpec(
@@ -136,3 +136,17 @@ register_dataset(DatasetSpec(
     recipe="digits",
     description="Fashion-MNIST, 60,000 + 10,000 test images (apt-get "
                 "install dataset-fashion-mnist), offline"))
+register_dataset(DatasetSpec(
+    "mnist-seg", "segmentation",
+    load=_scenes("keras_coordatt.training.data.segmentation",
+                 "load_mnist_scenes"),
+    recipe="mnist_seg",
+    description="scenes of real MNIST digits with stroke masks (11 "
+                "classes), held-out digits for validation, offline"))
+register_dataset(DatasetSpec(
+    "mnist-det", "detection",
+    load=_scenes("keras_coordatt.training.data.detection",
+                 "load_mnist_scenes"),
+    recipe="mnist_det",
+    description="scenes of real MNIST digits with tight boxes (10 "
+                "classes), held-out digits for validation, offline"))

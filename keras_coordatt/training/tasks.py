@@ -55,7 +55,7 @@ class TaskSpec:
         hub_classes: whether its saved models hold keras-hub classes
             (loading them needs `keras_coordatt.hub`).
         demo_recipe: the recipe the CLI starts from with no `--dataset`
-            (the task's offline demo, `"digits_seg"`).
+            (the task's offline demo, `"mnist_seg"`).
         recipe: the recipe the CLI starts from for a dataset that is not
             registered (`tfds:NAME`, ...).
     """
@@ -261,7 +261,7 @@ register_task(TaskSpec(
     dataset_forms=("tfds:NAME", "folder:PATH"),
     stride_32="DeepLabV3 upsamples the stride-32 features back to it",
     class_ids=True, hub_classes=True, encoder_levels=("P2", "P5"),
-    demo_recipe="digits_seg", recipe="digits_seg",
+    demo_recipe="mnist_seg", recipe="digits_seg",
 ))
 register_task(TaskSpec(
     name="detection", data=f"{_TRAINING}.data.detection",
@@ -275,5 +275,5 @@ register_task(TaskSpec(
               "coarser one",
     class_ids=True, whole_images=True, hub_classes=True,
     encoder_levels=("P3", "P4", "P5"),
-    demo_recipe="digits_det", recipe="digits_det",
+    demo_recipe="mnist_det", recipe="digits_det",
 ))

@@ -31,6 +31,11 @@ Datasets (`dataset=`):
   image size, with the tight box of every digit's strokes; 10 classes (the
   digits), at most `DIGITS_DET_MAX_DIGITS` per canvas, 1,024 training and
   256 validation scenes drawn from disjoint digits; offline.
+- `"mnist-det"`: the same scenes of the 5,000 real 28x28 MNIST digits
+  (`keras_coordatt.datasets.mnist_scenes`, the `mnist-seg` scenes), at
+  most `MNIST_DET_MAX_DIGITS` per canvas, `MNIST_DET_EXAMPLES` scenes;
+  validation scenes hold only the 1,000 held-out digits; offline (the
+  `datasets` extra). The default demo.
 - `"tfds:NAME"`: the tensorflow-datasets detection datasets of
   `TFDS_DETECTION` (`voc`, `coco`; see their entries).
 """
@@ -42,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
+from keras_coordatt.datasets import mnist_scenes
 from keras_coordatt.training.data import classification as data_lib
 from keras_coordatt.training.data.common import as_images
 from keras_coordatt.training.data.common import crop_window
@@ -53,6 +59,8 @@ from keras_coordatt.training.tasks import dataset_forms
 DIGITS_DET_EXAMPLES = {"train": 1024, "validation": 256}
 DIGITS_DET_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_DET_MAX_DIGITS = 3
+MNIST_DET_EXAMPLES = {"train": 2048, "validation": 256}
+MNIST_DET_MAX_DIGITS = 2
 # Target rows of a tensorflow-datasets image (keras-hub's NMS keeps as
 # many detections); objects past them are left out.
 TFDS_MAX_BOXES = 100
@@ -111,12 +119,12 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     """Returns the detection source a dataset string names.
 
     Args:
-        dataset: `"digits-det"` or `"tfds:NAME"` (a `TFDS_DETECTION` name;
-            see the module's docstring).
-        image_size: side of the digits-det canvases.
+        dataset: `"mnist-det"`, `"digits-det"` or `"tfds:NAME"` (a
+            `TFDS_DETECTION` name; see the module's docstring).
+        image_size: side of the mnist-det / digits-det canvases.
         validation_fraction: unused (no source here holds out a split);
             accepted so that the arguments are `data.load_source`'s.
-        seed: seed of the digits-det scenes.
+        seed: seed of the scenes.
         data_dir, manual_dir, download: tensorflow-datasets' (see
             `data.from_tfds`).
         train_split, val_split: tensorflow-datasets split names (default:
@@ -158,17 +166,32 @@ def load_digits_scenes(image_size=64, seed=0, examples=None):
     Returns:
         A `DetectionSource` named `"digits-det"` with 10 classes.
     """
-    examples = examples or DIGITS_DET_EXAMPLES
+    return _scene_source("digits-det", digits_scenes, image_size, seed,
+                         examples or DIGITS_DET_EXAMPLES,
+                         DIGITS_DET_MAX_DIGITS)
+
+
+def load_mnist_scenes(image_size=64, seed=0, examples=None):
+    """The offline `mnist-det` source (`datasets.mnist_scenes`, up to
+    `MNIST_DET_MAX_DIGITS` digits a canvas); arguments as
+    `load_digits_scenes` (default `MNIST_DET_EXAMPLES`).
+
+    Returns:
+        A `DetectionSource` named `"mnist-det"` with 10 classes.
+    """
+    return _scene_source("mnist-det", mnist_scenes, image_size, seed,
+                         examples or MNIST_DET_EXAMPLES, MNIST_DET_MAX_DIGITS)
+
+
+def _scene_source(name, scenes, image_size, seed, examples, max_digits):
     arrays = []
     for split in ("train", "validation"):
-        scenes = digits_scenes(examples[split], image_size,
-                               max_digits=DIGITS_DET_MAX_DIGITS,
-                               split=split, seed=seed)
-        arrays += [scenes["images"],
-                   scene_targets(scenes["boxes"], scenes["classes"],
-                                 image_size)]
+        made = scenes(examples[split], image_size, max_digits=max_digits,
+                      split=split, seed=seed)
+        arrays += [made["images"],
+                   scene_targets(made["boxes"], made["classes"], image_size)]
     return from_arrays(*arrays, num_classes=len(DIGITS_DET_CLASSES),
-                       name="digits-det", class_names=DIGITS_DET_CLASSES)
+                       name=name, class_names=DIGITS_DET_CLASSES)
 
 
 def scene_targets(boxes, classes, image_size):
@@ -475,6 +498,7 @@ __all__ = [
     "from_arrays",
     "from_tfds",
     "load_digits_scenes",
+    "load_mnist_scenes",
     "load_source",
     "pad_targets",
     "random_crop_boxes",

@@ -20,6 +20,10 @@ Datasets (`dataset=`):
   scikit-learn's digits at the training image size, 11 classes (background
   and the ten digits), 1,024 training and 256 validation scenes drawn from
   disjoint digits; offline.
+- `"mnist-seg"`: the same scenes of the 5,000 real 28x28 MNIST digits
+  (`keras_coordatt.datasets.mnist_scenes`), at most `MNIST_SEG_MAX_DIGITS`
+  per canvas, `MNIST_SEG_EXAMPLES` scenes; validation scenes hold only the
+  1,000 held-out digits; offline (the `datasets` extra). The default demo.
 - `"tfds:NAME"`: the tensorflow-datasets segmentation datasets of
   `TFDS_SEGMENTATION` (`oxford_iiit_pet`: see its entry for the classes).
 - `"folder:PATH"`: `PATH/images/STEM.jpg|png|...` with `PATH/masks/STEM.png`,
@@ -47,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_coordatt.datasets import digits_scenes
+from keras_coordatt.datasets import mnist_scenes
 from keras_coordatt.training.data import classification as data_lib
 from keras_coordatt.training.data.common import IMAGE_EXTENSIONS
 from keras_coordatt.training.data.common import as_images
@@ -60,6 +65,8 @@ from keras_coordatt.training.tasks import dataset_forms
 
 DIGITS_SEG_EXAMPLES = {"train": 1024, "validation": 256}
 DIGITS_SEG_CLASSES = ("background",) + tuple(str(d) for d in range(10))
+MNIST_SEG_EXAMPLES = {"train": 2048, "validation": 256}
+MNIST_SEG_MAX_DIGITS = 2
 _MASK_SUFFIX = ".png"
 IGNORE_INDEX = 255
 CLASSES_FILE = "classes.txt"
@@ -123,11 +130,12 @@ def load_source(dataset, *, image_size=64, validation_fraction=0.1, seed=0,
     """Returns the segmentation `ImageSource` a dataset string names.
 
     Args:
-        dataset: `"digits-seg"`, `"tfds:NAME"` (a `TFDS_SEGMENTATION`
-            name) or `"folder:PATH"` (see the module's docstring).
-        image_size: side of the digits-seg canvases.
+        dataset: `"mnist-seg"`, `"digits-seg"`, `"tfds:NAME"` (a
+            `TFDS_SEGMENTATION` name) or `"folder:PATH"` (see the module's
+            docstring).
+        image_size: side of the mnist-seg / digits-seg canvases.
         validation_fraction: held-out share of a folder.
-        seed: seed of the digits-seg scenes and of a folder's held-out
+        seed: seed of the scenes and of a folder's held-out
             split.
         data_dir, manual_dir, download: tensorflow-datasets' (see
             `data.from_tfds`).
@@ -173,13 +181,30 @@ def load_digits_scenes(image_size=64, seed=0, examples=None):
     Returns:
         An `ImageSource` named `"digits-seg"` with 11 classes.
     """
-    examples = examples or DIGITS_SEG_EXAMPLES
+    return _scene_source("digits-seg", digits_scenes, image_size, seed,
+                         examples or DIGITS_SEG_EXAMPLES)
+
+
+def load_mnist_scenes(image_size=64, seed=0, examples=None):
+    """The offline `mnist-seg` source (`datasets.mnist_scenes`, up to
+    `MNIST_SEG_MAX_DIGITS` digits a canvas); arguments as
+    `load_digits_scenes` (default `MNIST_SEG_EXAMPLES`).
+
+    Returns:
+        An `ImageSource` named `"mnist-seg"` with 11 classes.
+    """
+    return _scene_source("mnist-seg", mnist_scenes, image_size, seed,
+                         examples or MNIST_SEG_EXAMPLES,
+                         max_digits=MNIST_SEG_MAX_DIGITS)
+
+
+def _scene_source(name, scenes, image_size, seed, examples, **kwargs):
     train, val = (
-        digits_scenes(examples[split], image_size, split=split, seed=seed)
+        scenes(examples[split], image_size, split=split, seed=seed, **kwargs)
         for split in ("train", "validation"))
     return from_arrays(
         train["images"], train["masks"], val["images"], val["masks"],
-        num_classes=len(DIGITS_SEG_CLASSES), name="digits-seg",
+        num_classes=len(DIGITS_SEG_CLASSES), name=name,
         class_names=list(DIGITS_SEG_CLASSES),
     )
 
@@ -646,6 +671,7 @@ __all__ = [
     "from_folder",
     "from_tfds",
     "load_digits_scenes",
+    "load_mnist_scenes",
     "load_source",
     "random_crop_pair",
     "read_mask",
