@@ -138,7 +138,10 @@ def add_config_arguments(parser):
     parser.add_argument(
         "--model", type=_model_argument, metavar="MODEL",
         help=f"{accepted_models()} (fine-tuned as it is: no --alpha, "
-        "--attention or --weights; --image-size is the file's)",
+        "--attention or --weights; --image-size is the file's). With "
+        "--task segmentation|detection: the encoder, also keras:NAME "
+        "(its pyramid by strides) or the .keras file of a keras-hub "
+        "Backbone",
     )
     parser.add_argument("--alpha", type=float, help="width multiplier")
     parser.add_argument("--attention", choices=attention_names() + ("none",),
