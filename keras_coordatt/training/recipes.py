@@ -540,7 +540,7 @@ def _mnist_det():
     # of 1.5 times the stride: 93.7 % of the digits' boxes have an anchor
     # at IoU >= 0.5 (92.2 % at 2x, 84.6 % at 2.5x; a thin "1" is the hard
     # case, 74 % at 1.5x, 60 % at 2x). As shipped, on 2 CPU cores shared
-    # at load 1 to 11 (61 minutes there): validation mAP@0.5 0.124, mAP
+    # at load 1 to 11 (61 minutes there; 637 s on the idle machine, same result): validation mAP@0.5 0.124, mAP
     # 0.055 (0.033 and 0.091 after epochs 1 and 2).
     return _digits_det().replace(
         dataset="mnist-det",
