@@ -519,14 +519,14 @@ def _mnist_seg():
     # two real MNIST digits of 24 to 32 pixels, each in its own 32-pixel
     # cell, 11 classes), DeepLabV3+ on MobileNetV2-CA 0.35 from scratch;
     # AdamW as digits_seg, no flips (a mirrored digit is not one). As
-    # shipped, on 2 CPU cores shared at load 8 to 11 (58 minutes there):
-    # validation mean IoU 0.134, pixel accuracy 95.6 % (background
-    # everywhere: 0.087, 95.6 %); 0.100, 0.126, 0.124, 0.130, 0.137 after
-    # epochs 1 to 5. The 64x64 canvas caps it: the
-    # logits are at stride 4, and the 2-3 pixel strokes, pooled to stride
-    # 4 and upsampled back, score mean IoU 0.56 even when exact (0.80 at
-    # 96x96, 0.89 at 128x128), so a larger canvas (`image_size` 96 or
-    # 128) is the next step toward 0.5.
+    # shipped, in 583 s on 2 idle cores (58 minutes at load 8 to 11, the
+    # same result): validation mean IoU 0.134, pixel accuracy 95.6 %
+    # (background everywhere: 0.087, 95.6 %); 0.100, 0.126, 0.124, 0.130,
+    # 0.137 after epochs 1 to 5. The 64x64 canvas caps it: the logits are
+    # at stride 4, and the 2-3 pixel strokes, pooled to stride 4 and
+    # upsampled back, score mean IoU 0.56 even when exact (0.80 at 96x96,
+    # 0.89 at 128x128), so a larger canvas (`image_size` 96 or 128) is the
+    # next step toward 0.5.
     return _digits_seg().replace(
         dataset="mnist-seg",
         horizontal_flip=False,
@@ -539,9 +539,9 @@ def _mnist_det():
     # scenes' tight boxes, 10 classes), RetinaNet as digits_det. Anchors
     # of 1.5 times the stride: 93.7 % of the digits' boxes have an anchor
     # at IoU >= 0.5 (92.2 % at 2x, 84.6 % at 2.5x; a thin "1" is the hard
-    # case, 74 % at 1.5x, 60 % at 2x). As shipped, on 2 CPU cores shared
-    # at load 1 to 11 (61 minutes there; 637 s on the idle machine, same result): validation mAP@0.5 0.124, mAP
-    # 0.055 (0.033 and 0.091 after epochs 1 and 2).
+    # case, 74 % at 1.5x, 60 % at 2x). As shipped: validation mAP@0.5
+    # 0.124, mAP 0.055 (0.033 and 0.091 after epochs 1 and 2), in 637 s on
+    # 2 idle cores (61 minutes at load 1 to 11, the same result).
     return _digits_det().replace(
         dataset="mnist-det",
         anchor_size=1.5,
