@@ -338,7 +338,9 @@ def test_attention_comparison_smoke(tmp_path):
     assert insertion["start_max_rel_diff"] <= 1e-3
     text = (out / "attention_comparison.md").read_text()
     assert text.startswith("# Attention comparison")
-    for label in ("| none (MobileNetV2) |", "| SE |", "| CBAM |", "| CA |",
+    # The kinds this smoke run compares, labelled by the registry.
+    for label in ("| none (MobileNetV2) |", "| CoordinateAttention (`ca`) |",
+                  "| EfficientLocalAttention (`ela`) |",
                   "| base, no attention |", "| base + inserted CA |"):
         assert label in text
 
