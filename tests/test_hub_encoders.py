@@ -375,9 +375,10 @@ def test_a_file_without_the_pyramid_is_named(encoder_files, task, levels):
         build(encoder_files["ca"], 11, image_size=SIZE, weights="imagenet")
 
 
-@pytest.mark.slow
-def test_cli_trains_a_segmenter_on_an_encoder_file(encoder_files, tmp_path,
-                                                   capsys):
+def _cli_segmenter_blocks(tmp_path, capsys, model_flags):
+    """`train --task segmentation` with `model_flags` for one epoch on tfds'
+    mock oxford_iiit_pet; checks the run's metrics and returns the number
+    of attention blocks in the saved segmenter's InsertedBackbone."""
     tfds = pytest.importorskip("tensorflow_datasets")
     from keras_coordatt.training import cli as train_cli
 
@@ -385,20 +386,27 @@ def test_cli_trains_a_segmenter_on_an_encoder_file(encoder_files, tmp_path,
     with tfds.testing.mock_data(num_examples=8):
         code = train_cli.main([
             "--task", "segmentation", "--dataset", "tfds:oxford_iiit_pet",
-            "--model", encoder_files["ca"], "--epochs", "1",
-            "--batch-size", "4", "--output-dir", str(out),
+            *model_flags, "--epochs", "1", "--batch-size", "4",
+            "--output-dir", str(out),
             "--set", "bn_recalibration_steps=1", "--set", "tensorboard=false",
         ])
     assert code == 0, capsys.readouterr().err[-2000:]
     with open(out / "results.json") as f:
         metrics = json.load(f)["metrics"]
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["mean_iou"] <= 1
-    # The trained segmenter's encoder is the file's, blocks included.
     model = keras.saving.load_model(str(out / "model.keras"))
     encoder = model.backbone.image_encoder
     assert type(encoder).__name__ == "InsertedBackbone"
-    assert sum(isinstance(layer, IdentityInitAttention)
-               for layer in encoder.layers) == 4
+    return sum(isinstance(layer, IdentityInitAttention)
+               for layer in encoder.layers)
+
+
+@pytest.mark.slow
+def test_cli_trains_a_segmenter_on_an_encoder_file(encoder_files, tmp_path,
+                                                   capsys):
+    # The trained segmenter's encoder is the file's, blocks included.
+    assert _cli_segmenter_blocks(
+        tmp_path, capsys, ["--model", encoder_files["ca"]]) == 4
 
 
 @pytest.mark.slow
@@ -451,24 +459,6 @@ def test_keras_applications_encoders_have_a_pyramid_by_strides():
 
 @pytest.mark.slow
 def test_cli_trains_a_segmenter_on_a_keras_application(tmp_path, capsys):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    from keras_coordatt.training import cli as train_cli
-
-    out = tmp_path / "run"
-    with tfds.testing.mock_data(num_examples=8):
-        code = train_cli.main([
-            "--task", "segmentation", "--dataset", "tfds:oxford_iiit_pet",
-            "--model", "keras:MobileNetV2", "--alpha", "0.35",
-            "--attention", "ca", "--epochs", "1", "--batch-size", "4",
-            "--image-size", "64", "--output-dir", str(out),
-            "--set", "bn_recalibration_steps=1", "--set", "tensorboard=false",
-        ])
-    assert code == 0, capsys.readouterr().err[-2000:]
-    with open(out / "results.json") as f:
-        metrics = json.load(f)["metrics"]
-    assert np.isfinite(metrics["loss"]) and 0 <= metrics["mean_iou"] <= 1
-    model = keras.saving.load_model(str(out / "model.keras"))
-    encoder = model.backbone.image_encoder
-    assert type(encoder).__name__ == "InsertedBackbone"
-    assert sum(isinstance(layer, IdentityInitAttention)
-               for layer in encoder.layers) == 17
+    assert _cli_segmenter_blocks(tmp_path, capsys, [
+        "--model", "keras:MobileNetV2", "--alpha", "0.35", "--attention",
+        "ca", "--image-size", "64"]) == 17
